@@ -1,0 +1,336 @@
+"""The public functional API (stable; auditors and cross-checkers script against it).
+
+Each function takes NumPy arrays or traced :class:`refimpl.tape.Var` values. Called outside a
+trace (no Var argument) it returns a plain ``numpy.ndarray``; inside a trace (see
+:func:`refimpl.vjp`) it records one primitive on the tape and returns a Var.
+
+Signatures follow ``torch.nn.functional`` (argument names, order and defaults) wherever PyTorch
+has the op. Where PyTorch accepts a value refimpl does not implement (``ceil_mode=True``,
+``return_indices=True``, string padding), a ``ValueError`` says so. Every op checks shapes and
+dtypes up front and names itself, the expected and the received shapes or dtypes (CONV-1, CONV-2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .ops import conv as _conv
+from .ops import elementwise as _ew
+from .ops import loss as _loss
+from .ops import norm as _norm
+from .ops import pool as _pool
+from .ops import reduce as _reduce
+from .ops import shape as _shape
+from .ops.common import check_float, check_ndim, pair
+from .tape import Var, apply, value_of
+
+__all__ = [
+    "conv2d",
+    "linear",
+    "relu",
+    "max_pool2d",
+    "avg_pool2d",
+    "global_avg_pool2d",
+    "add",
+    "mul",
+    "reshape",
+    "flatten",
+    "sum",
+    "mean",
+    "cross_entropy",
+    "batch_norm",
+    "batch_norm2d",
+]
+
+
+def _as_operand(op: str, v, like):
+    """Python scalars become 0-d arrays of the other operand's dtype; arrays pass through."""
+    if isinstance(v, Var) or isinstance(v, np.ndarray):
+        return v
+    if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
+        return np.asarray(v, dtype=value_of(like).dtype)
+    raise TypeError(f"{op}: expected an array, a Var or a Python number, received {type(v).__name__}")
+
+
+# ---- bilinear ---------------------------------------------------------------------------------
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D convolution (cross-correlation), PyTorch semantics (CONV-1).
+
+    input (N, C_in, H, W); weight (C_out, C_in/groups, kH, kW); bias (C_out,) or None;
+    returns (N, C_out, H_out, W_out) with H_out = floor((H + 2p - d(kH - 1) - 1) / s) + 1.
+    Residuals: the input (for the weight gradient) and the weight (for the input gradient).
+    """
+    x, w, b = value_of(input), value_of(weight), value_of(bias)
+    check_float("conv2d", input=x, weight=w, bias=b)
+    check_ndim("conv2d", "input", x, 4, "(N, C_in, H, W)")
+    check_ndim("conv2d", "weight", w, 4, "(C_out, C_in/groups, kH, kW)")
+    if isinstance(padding, str):
+        raise ValueError(f"conv2d: string padding {padding!r} is not supported; give ints")
+    if not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ValueError(f"conv2d: groups must be a positive int, received {groups!r}")
+    n, c, h, wd = x.shape
+    if c % groups or w.shape[0] % groups or w.shape[1] * groups != c:
+        raise ValueError(
+            f"conv2d: expected weight of shape (C_out, {c // groups if c % groups == 0 else '?'},"
+            f" kH, kW) with C_out divisible by groups={groups} for input with {c} channels, "
+            f"received weight shape {w.shape} and input shape {x.shape}"
+        )
+    if b is not None and b.shape != (w.shape[0],):
+        raise ValueError(f"conv2d: expected bias of shape ({w.shape[0]},), received {b.shape}")
+    p = _conv.ConvParams(
+        pair("conv2d", "stride", stride),
+        pair("conv2d", "padding", padding),
+        pair("conv2d", "dilation", dilation),
+        int(groups),
+    )
+    if min(p.stride) < 1 or min(p.dilation) < 1 or min(p.padding) < 0:
+        raise ValueError(
+            f"conv2d: expected stride >= 1, dilation >= 1, padding >= 0, received stride "
+            f"{p.stride}, dilation {p.dilation}, padding {p.padding}"
+        )
+    return apply(_conv.CONV2D, (input, weight, bias), p)
+
+
+def linear(input, weight, bias=None):
+    """y = input @ weight.T + bias. input (*, in), weight (out, in), bias (out,) -> (*, out)."""
+    x, w, b = value_of(input), value_of(weight), value_of(bias)
+    check_float("linear", input=x, weight=w, bias=b)
+    check_ndim("linear", "weight", w, 2, "(out_features, in_features)")
+    if x.ndim < 1 or x.shape[-1] != w.shape[1]:
+        raise ValueError(
+            f"linear: expected input of shape (*, {w.shape[1]}) for weight {w.shape}, "
+            f"received {x.shape}"
+        )
+    if b is not None and b.shape != (w.shape[0],):
+        raise ValueError(f"linear: expected bias of shape ({w.shape[0]},), received {b.shape}")
+    return apply(_conv.LINEAR, (input, weight, bias), None)
+
+
+# ---- elementwise ------------------------------------------------------------------------------
+def relu(input, inplace=False):
+    """max(input, 0); ReLU'(0) = 0 (CONV-5). Residual: a packed bitmap of (input > 0)."""
+    if inplace:
+        raise ValueError("relu: inplace=True is not supported (the tape never mutates values)")
+    check_float("relu", input=value_of(input))
+    return apply(_ew.RELU, (input,), None)
+
+
+def _broadcast_check(op: str, a, b) -> None:
+    check_float(op, input=value_of(a), other=value_of(b))
+    try:
+        np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise ValueError(
+            f"{op}: shapes {a.shape} and {b.shape} do not broadcast; expected equal sizes or 1 "
+            f"on each trailing axis"
+        ) from None
+
+
+def add(input, other):
+    """input + other with NumPy broadcasting. No arrays kept."""
+    other = _as_operand("add", other, input)
+    input = _as_operand("add", input, other)
+    _broadcast_check("add", input, other)
+    return apply(_ew.ADD, (input, other), None)
+
+
+def mul(input, other):
+    """input * other with NumPy broadcasting. Keeps the other operand of each input that needs
+    a gradient."""
+    other = _as_operand("mul", other, input)
+    input = _as_operand("mul", input, other)
+    _broadcast_check("mul", input, other)
+    return apply(_ew.MUL, (input, other), None)
+
+
+# ---- shape ------------------------------------------------------------------------------------
+def reshape(input, shape):
+    """input viewed with ``shape`` in C order (one entry may be -1)."""
+    x = value_of(input)
+    shape = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
+    known = int(np.prod([s for s in shape if s != -1]))
+    free = [i for i, s in enumerate(shape) if s == -1]
+    target = list(shape)
+    if len(free) == 1 and known > 0 and x.size % known == 0:
+        target[free[0]] = x.size // known
+    if len(free) > 1 or min(target, default=0) < 0 or int(np.prod(target)) != x.size:
+        raise ValueError(
+            f"reshape: cannot view input of shape {x.shape} ({x.size} elements) as {shape}"
+        )
+    target = tuple(target)
+    return apply(_shape.RESHAPE, (input,), _shape.ReshapeParams(target))
+
+
+def flatten(input, start_dim=0, end_dim=-1):
+    """Merge axes start_dim..end_dim (inclusive) into one, like ``torch.flatten``."""
+    shp = value_of(input).shape
+    nd = max(len(shp), 1)
+    s, e = start_dim % nd, end_dim % nd
+    if s > e:
+        raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim}")
+    merged = int(np.prod(shp[s : e + 1])) if shp else 1
+    return reshape(input, shp[:s] + (merged,) + shp[e + 1 :])
+
+
+# ---- reductions -------------------------------------------------------------------------------
+def _axes(op: str, ndim: int, dim) -> tuple[int, ...]:
+    if dim is None:
+        return tuple(range(ndim))
+    dims = (dim,) if isinstance(dim, (int, np.integer)) else tuple(dim)
+    out = []
+    for d in dims:
+        if not -ndim <= d < max(ndim, 1):
+            raise ValueError(f"{op}: dim {d} is out of range for a {ndim}-d input")
+        out.append(int(d) % max(ndim, 1))
+    if len(set(out)) != len(out):
+        raise ValueError(f"{op}: dim {dim!r} repeats an axis")
+    return tuple(sorted(out))
+
+
+def sum(input, dim=None, keepdim=False):  # noqa: A001 - PyTorch's name
+    """Sum over ``dim`` (all axes when None)."""
+    x = value_of(input)
+    check_float("sum", input=x)
+    p = _reduce.ReduceParams(_axes("sum", x.ndim, dim), bool(keepdim), False)
+    return apply(_reduce.REDUCE, (input,), p)
+
+
+def mean(input, dim=None, keepdim=False):
+    """Mean over ``dim`` (all axes when None)."""
+    x = value_of(input)
+    check_float("mean", input=x)
+    p = _reduce.ReduceParams(_axes("mean", x.ndim, dim), bool(keepdim), True)
+    return apply(_reduce.REDUCE, (input,), p)
+
+
+# ---- pooling ----------------------------------------------------------------------------------
+def _pool_params(op, x, kernel_size, stride, padding, dilation, ceil_mode, **extra):
+    check_float(op, input=x)
+    check_ndim(op, "input", x, 4, "(N, C, H, W)")
+    if ceil_mode:
+        raise ValueError(f"{op}: ceil_mode=True is not supported; use ceil_mode=False")
+    k = pair(op, "kernel_size", kernel_size)
+    s = k if stride is None or stride == [] or stride == () else pair(op, "stride", stride)
+    p = _pool.PoolParams(k, s, pair(op, "padding", padding), pair(op, "dilation", dilation), **extra)
+    if min(k) < 1 or min(s) < 1 or min(p.dilation) < 1:
+        raise ValueError(f"{op}: expected kernel_size, stride, dilation >= 1, received {k}, {s}, "
+                         f"{p.dilation}")
+    if any(pd < 0 or pd > kk // 2 for pd, kk in zip(p.padding, k)):
+        raise ValueError(
+            f"{op}: padding {p.padding} must be between 0 and half the kernel size {k}"
+        )
+    _pool.pool_output_hw(op, x.shape[2], x.shape[3], p)
+    return p
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False):
+    """Max over each window (pads with -inf); the first maximum in row-major window order gets
+    the gradient (CONV-5). Residual: the argmax window position, uint8, one byte per output."""
+    if return_indices:
+        raise ValueError("max_pool2d: return_indices=True is not supported")
+    p = _pool_params("max_pool2d", value_of(input), kernel_size, stride, padding, dilation,
+                     ceil_mode)
+    if p.kernel[0] * p.kernel[1] > 256:
+        raise ValueError(f"max_pool2d: windows of {p.kernel} exceed 256 positions (uint8 argmax)")
+    return apply(_pool.MAX_POOL2D, (input,), p)
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True, divisor_override=None):
+    """Mean over each zero-padded window, with PyTorch's divisor rules. No arrays kept."""
+    if divisor_override is not None and (not isinstance(divisor_override, int) or
+                                         divisor_override < 1):
+        raise ValueError(f"avg_pool2d: divisor_override must be a positive int, received "
+                         f"{divisor_override!r}")
+    p = _pool_params("avg_pool2d", value_of(input), kernel_size, stride, padding, 1, ceil_mode,
+                     count_include_pad=bool(count_include_pad), divisor_override=divisor_override)
+    return apply(_pool.AVG_POOL2D, (input,), p)
+
+
+def global_avg_pool2d(input):
+    """Mean over (H, W): (N, C, H, W) -> (N, C) (like ``adaptive_avg_pool2d(x, 1)`` then
+    flatten). No arrays kept."""
+    x = value_of(input)
+    check_float("global_avg_pool2d", input=x)
+    check_ndim("global_avg_pool2d", "input", x, 4, "(N, C, H, W)")
+    return apply(_pool.GLOBAL_AVG_POOL2D, (input,), None)
+
+
+# ---- loss -------------------------------------------------------------------------------------
+def cross_entropy(input, target, reduction="mean"):
+    """Softmax cross-entropy of logits ``input`` (N, C) against integer class labels ``target``
+    (N,), mean over the batch (or sum). Fused and max-shifted. Residual: the softmax
+    probabilities and the labels (SAP-4)."""
+    x = value_of(input)
+    check_float("cross_entropy", input=x)
+    check_ndim("cross_entropy", "input", x, 2, "(N, C) logits")
+    if isinstance(target, Var):
+        raise TypeError("cross_entropy: target holds labels and cannot be a traced value")
+    t = np.asarray(target)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"cross_entropy: target must hold integer labels, received dtype {t.dtype}")
+    if t.shape != (x.shape[0],):
+        raise ValueError(
+            f"cross_entropy: expected target of shape ({x.shape[0]},) for input {x.shape}, "
+            f"received {t.shape}"
+        )
+    if t.size and (t.min() < 0 or t.max() >= x.shape[1]):
+        raise ValueError(
+            f"cross_entropy: labels must lie in [0, {x.shape[1]}), received range "
+            f"[{t.min()}, {t.max()}]"
+        )
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"cross_entropy: reduction must be 'mean' or 'sum', received {reduction!r}")
+    if x.shape[0] == 0:
+        raise ValueError("cross_entropy: empty batch")
+    p = _loss.CrossEntropyParams(t.astype(np.int64), reduction)
+    return apply(_loss.CROSS_ENTROPY, (input,), p)
+
+
+# ---- normalisation ----------------------------------------------------------------------------
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-05):
+    """Batch normalisation over axis 1, PyTorch semantics.
+
+    training=True normalises with the batch mean and biased variance over all axes but 1, and
+    updates ``running_mean``/``running_var`` in place (momentum; unbiased variance), when given.
+    training=False normalises with the running statistics. Residual: x̂ and 1/std per channel.
+    """
+    x, w, b = value_of(input), value_of(weight), value_of(bias)
+    check_float("batch_norm", input=x, weight=w, bias=b)
+    if x.ndim < 2:
+        raise ValueError(f"batch_norm: expected input (N, C, ...), received shape {x.shape}")
+    c = x.shape[1]
+    for name, a in (("weight", w), ("bias", b), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        if a is not None and np.shape(a) != (c,):
+            raise ValueError(f"batch_norm: expected {name} of shape ({c},), received "
+                             f"{np.shape(a)}")
+    axes = (0,) + tuple(range(2, x.ndim))
+    if training:
+        count = x.size // c
+        if count < 2:
+            raise ValueError(f"batch_norm: training needs more than 1 value per channel, "
+                             f"received input shape {x.shape}")
+        m = np.mean(x, axis=axes)
+        v = np.mean(np.square(x - m.reshape((1, c) + (1,) * (x.ndim - 2))), axis=axes)
+        if running_mean is not None:
+            running_mean *= 1 - momentum
+            running_mean += momentum * m
+        if running_var is not None:
+            running_var *= 1 - momentum
+            running_var += momentum * v * (count / (count - 1))
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError("batch_norm: training=False needs running_mean and running_var")
+        m, v = np.asarray(running_mean, dtype=x.dtype), np.asarray(running_var, dtype=x.dtype)
+    p = _norm.BatchNormParams(m, v, float(eps), bool(training))
+    return apply(_norm.BATCH_NORM, (input, weight, bias), p)
+
+
+def batch_norm2d(input, running_mean, running_var, weight=None, bias=None, training=False,
+                 momentum=0.1, eps=1e-05):
+    """:func:`batch_norm` for NCHW input only."""
+    check_ndim("batch_norm2d", "input", value_of(input), 4, "(N, C, H, W)")
+    return batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)

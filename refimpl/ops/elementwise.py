@@ -1,0 +1,91 @@
+"""Elementwise primitives: relu, add, mul (SPEC CONV-5, SAP-4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..tape import Primitive, Residual
+from .common import unbroadcast
+
+
+# ---- relu -------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class ReluRes(Residual):
+    """Packed bitmap of (out > 0), 8 positions per byte, little bit order (SAP-4);
+    ``ceil(numel / 8)`` bytes."""
+
+    bits: np.ndarray  # uint8, (ceil(numel/8),)
+    shape: tuple[int, ...]
+
+
+def relu_fwd(inputs, params, needs):
+    """y = max(x, 0). ReLU'(0) = 0 (CONV-5), so the kept bitmap is (x > 0)."""
+    (x,) = inputs
+    y = np.maximum(x, x.dtype.type(0))
+    res = ReluRes(np.packbits(x > 0, axis=None, bitorder="little"), x.shape) if needs[0] else None
+    return y, res
+
+
+def relu_vjp(res, g, params, needs):
+    n = int(np.prod(res.shape))
+    positive = np.unpackbits(res.bits, count=n, bitorder="little").reshape(res.shape)
+    return (g * positive.astype(g.dtype),)
+
+
+RELU = Primitive("relu", relu_fwd, relu_vjp)
+
+
+# ---- add --------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class AddRes(Residual):
+    """No arrays (SAP-4): only the operand shapes, to undo broadcasting."""
+
+    a_shape: tuple[int, ...]
+    b_shape: tuple[int, ...]
+
+
+def add_fwd(inputs, params, needs):
+    """out = a + b with NumPy broadcasting."""
+    a, b = inputs
+    return a + b, AddRes(a.shape, b.shape)
+
+
+def add_vjp(res, g, params, needs):
+    return (
+        unbroadcast(g, res.a_shape) if needs[0] else None,
+        unbroadcast(g, res.b_shape) if needs[1] else None,
+    )
+
+
+ADD = Primitive("add", add_fwd, add_vjp)
+
+
+# ---- mul --------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class MulRes(Residual):
+    """Keeps the *other* operand of each input that needs a gradient (both are op operands)."""
+
+    operands = {"a": 0, "b": 1}
+    a: np.ndarray | None
+    b: np.ndarray | None
+    a_shape: tuple[int, ...]
+    b_shape: tuple[int, ...]
+
+
+def mul_fwd(inputs, params, needs):
+    """out = a * b with NumPy broadcasting."""
+    a, b = inputs
+    res = MulRes(a if needs[1] else None, b if needs[0] else None, a.shape, b.shape)
+    return a * b, res
+
+
+def mul_vjp(res, g, params, needs):
+    return (
+        unbroadcast(g * res.b, res.a_shape) if needs[0] else None,
+        unbroadcast(g * res.a, res.b_shape) if needs[1] else None,
+    )
+
+
+MUL = Primitive("mul", mul_fwd, mul_vjp)

@@ -1,0 +1,78 @@
+"""Batch normalisation over the channel axis 1 (baselines only: NSConv models have none, NSC-4).
+
+The functional wrapper computes the batch statistics, passes them in as static params and then
+updates the running statistics in place, PyTorch style. The primitive itself stays pure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..tape import Primitive, Residual
+
+
+@dataclass(frozen=True, eq=False)
+class BatchNormParams:
+    mean: np.ndarray  # per-channel statistics used to normalise, shape (C,)
+    var: np.ndarray  # biased variance (training) or running variance (eval), shape (C,)
+    eps: float
+    training: bool  # True: mean/var are batch statistics and depend on x
+
+
+@dataclass(eq=False)
+class BatchNormRes(Residual):
+    """Normalised input x̂ (same shape as x) and per-channel 1/sqrt(var + eps) (SAP-4); the
+    weight is a reference to the op's operand."""
+
+    operands = {"weight": 1}
+    xhat: np.ndarray | None
+    invstd: np.ndarray
+    weight: np.ndarray | None
+
+
+def _bshape(x: np.ndarray) -> tuple[int, ...]:
+    return (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+
+def batch_norm_fwd(inputs, p, needs):
+    """y = (x - mean) * invstd * weight + bias, per channel."""
+    x, weight, bias = inputs
+    bs = _bshape(x)
+    invstd = (1.0 / np.sqrt(p.var + p.eps)).astype(x.dtype)
+    xhat = (x - p.mean.reshape(bs)) * invstd.reshape(bs)
+    y = xhat * weight.reshape(bs) if weight is not None else xhat.copy()
+    if bias is not None:
+        y += bias.reshape(bs)
+    res = None
+    if any(needs):
+        keep_xhat = needs[1] or (needs[0] and p.training)
+        res = BatchNormRes(
+            xhat if keep_xhat else None, invstd, weight if (needs[0] and weight is not None) else None
+        )
+    return y, res
+
+
+def batch_norm_vjp(res, g, p, needs):
+    axes = (0,) + tuple(range(2, g.ndim))
+    bs = (1, g.shape[1]) + (1,) * (g.ndim - 2)
+    dx = dw = db = None
+    if needs[0]:
+        gx = g * res.weight.reshape(bs) if res.weight is not None else g
+        if p.training:
+            # d/dx of the normalisation through the batch mean and variance:
+            # dx = invstd * (gx - mean(gx) - xhat * mean(gx * xhat)).
+            m_g = np.mean(gx, axis=axes, keepdims=True)
+            m_gx = np.mean(gx * res.xhat, axis=axes, keepdims=True)
+            dx = (gx - m_g - res.xhat * m_gx) * res.invstd.reshape(bs)
+        else:
+            dx = gx * res.invstd.reshape(bs)
+    if needs[1]:
+        dw = np.sum(g * res.xhat, axis=axes)
+    if needs[2]:
+        db = np.sum(g, axis=axes)
+    return dx, dw, db
+
+
+BATCH_NORM = Primitive("batch_norm", batch_norm_fwd, batch_norm_vjp)

@@ -1,0 +1,284 @@
+"""Reverse-mode autodiff on an explicit tape (SPEC §1: TAPE-1..TAPE-4).
+
+A :class:`Tape` records one :class:`Node` per primitive call, in execution order. A node holds
+the primitive, its static parameters, the tape ids of its inputs, which inputs need a gradient,
+and the primitive's *residual record*: a small dataclass of the arrays its vjp needs (TAPE-2).
+Residuals are never closures, so :meth:`Tape.residual_nbytes` can list and count them (TAPE-3).
+
+Values that need a gradient are :class:`Var` objects bound to one tape. Everything else (data,
+labels, masks, frozen weights) is a plain ``numpy.ndarray`` and is a *constant*: no vjp is ever
+computed for it (TAPE-4). A primitive call whose inputs are all constants records nothing and
+returns a plain array, which is how the functional API behaves "outside a trace".
+
+Counting rule (TAPE-3, MEM-2). ``residual_nbytes`` sums ``ndarray.nbytes`` over the distinct
+buffers held by the residual records of nodes whose vjp has not run yet. Two records holding the
+same buffer count it once (identity is the buffer's start address and size). A residual field
+that merely refers to one of the op's own operands (for example the weight that conv2d needs for
+its input gradient) is listed in the record's ``operands`` map; it is counted only when that
+operand is an intermediate of the tape, because a leaf (a parameter or a data batch) is memory
+the caller owns whether or not the tape exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+__all__ = ["Var", "Tape", "Node", "Primitive", "Residual", "apply", "is_var", "value_of"]
+
+
+class Residual:
+    """Base class of residual records (TAPE-2).
+
+    Subclasses are ``@dataclass(eq=False)`` records. Their ``numpy.ndarray`` fields (and fields
+    that are themselves :class:`Residual` records, recursively) are the buffers the record holds.
+    ``operands`` maps a field name to the position of the op input that field refers to.
+    """
+
+    operands: ClassVar[dict[str, int]] = {}
+
+    def arrays(self) -> Iterator[tuple[str, np.ndarray]]:
+        """Yield ``(field path, array)`` for every buffer the record holds."""
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, np.ndarray):
+                yield f.name, v
+            elif isinstance(v, Residual):
+                for sub, arr in v.arrays():
+                    yield f"{f.name}.{sub}", arr
+
+
+@dataclass(frozen=True)
+class Primitive:
+    """A differentiable primitive: a pure pair of functions (TAPE-2).
+
+    ``fwd(inputs, params, needs) -> (out, residual)`` and
+    ``vjp(residual, g, params, needs) -> tuple of cotangents`` (one per input, ``None`` where
+    ``needs`` is False). ``needs[i]`` says whether input ``i`` needs a gradient, so ``fwd`` keeps
+    only the residuals that the requested cotangents use (TAPE-4).
+    """
+
+    name: str
+    fwd: Callable[..., tuple[np.ndarray, Any]]
+    vjp: Callable[..., tuple[np.ndarray | None, ...]]
+
+
+class Var:
+    """A value that needs a gradient, bound to one tape."""
+
+    __slots__ = ("value", "tape", "id")
+    __array_priority__ = 1000  # make ``ndarray * Var`` defer to Var.__rmul__
+
+    def __init__(self, value: np.ndarray, tape: Tape, id: int):
+        self.value = value
+        self.tape = tape
+        self.id = id
+
+    shape = property(lambda self: self.value.shape)
+    dtype = property(lambda self: self.value.dtype)
+    ndim = property(lambda self: self.value.ndim)
+    size = property(lambda self: self.value.size)
+
+    def __repr__(self) -> str:
+        return f"Var(id={self.id}, shape={self.shape}, dtype={self.dtype})"
+
+    # Operator sugar; each maps onto a registered primitive.
+    def __add__(self, other):
+        from . import functional as F
+
+        return F.add(self, other)
+
+    __radd__ = __add__
+
+    def __mul__(self, other):
+        from . import functional as F
+
+        return F.mul(self, other)
+
+    __rmul__ = __mul__
+
+    def __neg__(self):
+        from . import functional as F
+
+        return F.mul(self, -1.0)
+
+    def __sub__(self, other):
+        return self + (-other)
+
+    def __rsub__(self, other):
+        return (-self) + other
+
+    def reshape(self, *shape):
+        from . import functional as F
+
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return F.reshape(self, shape)
+
+
+@dataclass(eq=False)
+class Node:
+    """One recorded primitive call."""
+
+    prim: Primitive
+    params: Any
+    inputs: tuple[int | None, ...]
+    needs: tuple[bool, ...]
+    out: int
+    res: Any
+
+
+def _buffer_key(a: np.ndarray) -> tuple[int, int]:
+    return (a.__array_interface__["data"][0], a.nbytes)
+
+
+class Tape:
+    """An execution-ordered record of primitive calls (TAPE-1)."""
+
+    def __init__(self) -> None:
+        self.nodes: list[Node] = []
+        self._next_id = 0
+        self._leaves: set[int] = set()
+        self._shapes: dict[int, tuple[tuple[int, ...], np.dtype]] = {}
+
+    # -- recording -----------------------------------------------------------------------------
+    def _new_var(self, value: np.ndarray) -> Var:
+        v = Var(value, self, self._next_id)
+        self._shapes[v.id] = (value.shape, value.dtype)
+        self._next_id += 1
+        return v
+
+    def leaf(self, value: np.ndarray) -> Var:
+        """Register ``value`` as an input that needs a gradient."""
+        value = np.asarray(value)
+        if value.dtype not in (np.float32, np.float64):
+            raise TypeError(
+                f"tape.leaf: only float32/float64 values can need a gradient, received dtype "
+                f"{value.dtype}; pass integer data (labels, masks) as a constant instead"
+            )
+        v = self._new_var(value)
+        self._leaves.add(v.id)
+        return v
+
+    def record(self, prim: Primitive, params: Any, inputs: tuple, out: np.ndarray, res: Any) -> Var:
+        ids = tuple(x.id if isinstance(x, Var) else None for x in inputs)
+        needs = tuple(i is not None for i in ids)
+        var = self._new_var(out)
+        self.nodes.append(Node(prim, params, ids, needs, var.id, res))
+        return var
+
+    # -- backward ------------------------------------------------------------------------------
+    @staticmethod
+    def _accumulate(cts: dict[int, np.ndarray], key: int, c: np.ndarray) -> None:
+        """TAPE-1: a value used twice receives the sum of both contributions."""
+        prev = cts.get(key)
+        cts[key] = c if prev is None else prev + c
+
+    def backward(self, out: Var, g: np.ndarray, retain: bool = False) -> dict[int, np.ndarray]:
+        """Propagate cotangent ``g`` of ``out`` back through the tape.
+
+        Returns ``{var id: cotangent}`` for every leaf reached. Each node's residual record is
+        released right after its vjp ran (TAPE-3) unless ``retain`` is True, in which case the
+        tape can be walked again with another cotangent.
+        """
+        if out.tape is not self:
+            raise ValueError("backward: the output Var belongs to another tape")
+        g = np.asarray(g)
+        if g.shape != out.shape or g.dtype != out.dtype:
+            raise ValueError(
+                f"backward: cotangent must match the output, expected shape {out.shape} dtype "
+                f"{out.dtype}, received shape {g.shape} dtype {g.dtype}"
+            )
+        if not retain and any(n.res is _RELEASED for n in self.nodes):
+            raise RuntimeError(
+                "backward: this tape's residuals were already released by an earlier backward; "
+                "pass retain=True to walk a tape more than once"
+            )
+        cts: dict[int, np.ndarray] = {out.id: g}
+        for node in reversed(self.nodes):
+            g_out = cts.pop(node.out, None)
+            if g_out is not None:
+                if node.res is _RELEASED:
+                    raise RuntimeError("backward: residuals of this tape were released")
+                grads = node.prim.vjp(node.res, g_out, node.params, node.needs)
+                for i, (vid, need) in enumerate(zip(node.inputs, node.needs)):
+                    if not need:
+                        continue
+                    c = grads[i]
+                    shape, dtype = self._shapes[vid]
+                    if c is None or c.shape != shape or c.dtype != dtype:
+                        got = None if c is None else (c.shape, c.dtype)
+                        raise AssertionError(
+                            f"{node.prim.name}: vjp returned {got} for input {i}, expected "
+                            f"{(shape, dtype)}"
+                        )
+                    self._accumulate(cts, vid, c)
+            if not retain:
+                node.res = _RELEASED
+        return {k: v for k, v in cts.items() if k in self._leaves}
+
+    # -- memory accounting (TAPE-3) ------------------------------------------------------------
+    def residual_buffers(self) -> list[tuple[int, str, str, np.ndarray]]:
+        """The distinct buffers currently held: ``(node index, op name, field, array)``.
+
+        A buffer held by several records is listed once, at its first holder.
+        """
+        seen: set[tuple[int, int]] = set()
+        out = []
+        for i, node in enumerate(self.nodes):
+            res = node.res
+            if res is None or res is _RELEASED:
+                continue
+            for path, arr in res.arrays():
+                top = path.split(".", 1)[0]
+                if top in res.operands:
+                    vid = node.inputs[res.operands[top]]
+                    if vid is None or vid in self._leaves:
+                        continue  # the caller's own memory (parameter or data), see module doc
+                key = _buffer_key(arr)
+                if key in seen:
+                    continue
+                seen.add(key)
+                out.append((i, node.prim.name, path, arr))
+        return out
+
+    def residual_nbytes(self) -> int:
+        """Sum of ``nbytes`` over the distinct residual buffers currently held (TAPE-3)."""
+        return sum(arr.nbytes for _, _, _, arr in self.residual_buffers())
+
+
+_RELEASED = object()
+
+
+def is_var(x) -> bool:
+    return isinstance(x, Var)
+
+
+def value_of(x):
+    """The array behind a Var, or ``x`` itself."""
+    return x.value if isinstance(x, Var) else x
+
+
+def apply(prim: Primitive, inputs: tuple, params: Any):
+    """Run ``prim`` on ``inputs``; record a node when any input is a Var.
+
+    All Var inputs must belong to one tape. With no Var input the forward runs without keeping
+    residuals and a plain array is returned.
+    """
+    tape = None
+    for x in inputs:
+        if isinstance(x, Var):
+            if tape is None:
+                tape = x.tape
+            elif x.tape is not tape:
+                raise ValueError(f"{prim.name}: inputs belong to different tapes")
+    values = tuple(value_of(x) for x in inputs)
+    needs = tuple(isinstance(x, Var) for x in inputs)
+    out, res = prim.fwd(values, params, needs)
+    if tape is None:
+        return out
+    return tape.record(prim, params, inputs, out, res)

@@ -1,0 +1,77 @@
+"""Gradient checkers used by the spec tests (STYLE 6).
+
+- :func:`check_vjp`: every cotangent element of every primal against central differences of
+  ``<u, f(x)>`` in float64, with a random cotangent ``u`` (a ones cotangent lets transposition and
+  flip bugs through).
+- :func:`dot_product_test`: the scalar identity ``<u, J v> == <J^T u, v>`` for random ``u`` and
+  ``v``, with ``J v`` by central differences: cheap enough for whole models.
+
+Both return the relative error; the caller asserts it against ``tolerances.CENTRAL_DIFF``.
+They are tested themselves: ``test_gradcheck_meta.py`` plants bugs and expects them to fail.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import refimpl
+
+
+def _f_dot(fn, primals, u):
+    out = fn(*primals)
+    out = out.value if hasattr(out, "value") else out
+    return float(np.sum(np.asarray(out, dtype=np.float64) * u))
+
+
+def numerical_vjp(fn, primals, u, h=1e-6):
+    """Central-difference ``J^T u`` for each primal, element by element (float64 only)."""
+    grads = []
+    for k, p in enumerate(primals):
+        g = np.zeros_like(p, dtype=np.float64)
+        flat = p.reshape(-1)
+        for i in range(flat.size):
+            orig = flat[i]
+            flat[i] = orig + h
+            fp = _f_dot(fn, primals, u)
+            flat[i] = orig - h
+            fm = _f_dot(fn, primals, u)
+            flat[i] = orig
+            g.reshape(-1)[i] = (fp - fm) / (2 * h)
+        grads.append(g)
+    return grads
+
+
+def _rel(a, b):
+    scale = max(float(np.max(np.abs(b))) if b.size else 0.0, 1e-3)
+    return float(np.max(np.abs(a - b))) / scale if a.size else 0.0
+
+
+def check_vjp(fn, primals, seed=0, h=1e-6):
+    """Max relative error between refimpl's vjp and central differences, over all primals.
+
+    ``primals`` must be float64 arrays (they are perturbed in place and restored).
+    """
+    # A stream of its own: a cotangent equal to the input would sit in the null space of
+    # scale-invariant ops (normalisations) and hide their errors.
+    rng = np.random.default_rng([seed, 0x5EED])
+    out, vjp_fn = refimpl.vjp(fn, *primals)
+    u = rng.standard_normal(np.shape(out))
+    analytic = vjp_fn(np.asarray(u, dtype=out.dtype))
+    numeric = numerical_vjp(fn, primals, u, h)
+    return max(_rel(a, n) for a, n in zip(analytic, numeric))
+
+
+def dot_product_test(fn, primals, seed=0, h=1e-6):
+    """Relative error of ``<u, J v>`` (central differences) against ``<J^T u, v>`` (vjp)."""
+    # A stream of its own: a cotangent equal to the input would sit in the null space of
+    # scale-invariant ops (normalisations) and hide their errors.
+    rng = np.random.default_rng([seed, 0x5EED])
+    out, vjp_fn = refimpl.vjp(fn, *primals)
+    u = rng.standard_normal(np.shape(out))
+    vs = [rng.standard_normal(p.shape) for p in primals]
+    cts = vjp_fn(np.asarray(u, dtype=out.dtype))
+    lhs = sum(float(np.sum(c * v)) for c, v in zip(cts, vs))
+    plus = [p + h * v for p, v in zip(primals, vs)]
+    minus = [p - h * v for p, v in zip(primals, vs)]
+    rhs = (_f_dot(fn, plus, u) - _f_dot(fn, minus, u)) / (2 * h)
+    return abs(lhs - rhs) / max(abs(rhs), abs(lhs), 1e-3)

@@ -1,0 +1,35 @@
+"""Tolerances, per dtype, in one place (STYLE 7). Integer results compare exactly, never here.
+
+Each entry: (rtol, atol) with a one-line reason.
+"""
+
+import numpy as np
+
+#: Two implementations of the same float computation that sum in different orders.
+#: float64: ~1e-16 per op, accumulated over reductions of up to ~1e4 terms.
+#: float32: ~6e-8 per op, same reductions.
+REORDERED_SUM = {np.dtype(np.float64): (1e-10, 1e-12), np.dtype(np.float32): (1e-4, 1e-5)}
+
+#: Central differences in float64 with step 1e-6: truncation O(h^2) ~1e-12, rounding
+#: O(eps/h) ~1e-10 relative to the function's scale.
+CENTRAL_DIFF = (1e-6, 1e-7)
+
+#: PyTorch parity in float64 (issue requirement): relative error <= 1e-10.
+TORCH_F64_RTOL = 1e-10
+
+
+def tol(dtype, table=REORDERED_SUM):
+    """Return (rtol, atol) for ``dtype`` from ``table``."""
+    return table[np.dtype(dtype)]
+
+
+def max_rel_err(a, b) -> float:
+    """max |a - b| / max(max|b|, tiny): one scalar relative error over a whole tensor."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise AssertionError(f"shape mismatch {a.shape} vs {b.shape}")
+    if a.size == 0:
+        return 0.0
+    scale = max(float(np.max(np.abs(b))), 1e-300)
+    return float(np.max(np.abs(a - b))) / scale
