@@ -11,25 +11,10 @@ from refimpl import functional as F
 
 from .gradcheck import check_vjp
 from .inputs import away_from_zero, distinct, smooth
+from .strategies import broadcast_pair, conv_case, pool_case, seeds
 from .tolerances import CENTRAL_DIFF
 
 RTOL = CENTRAL_DIFF[0]
-seeds = st.integers(0, 2**32 - 1)
-
-
-@st.composite
-def conv_case(draw):
-    groups = draw(st.sampled_from([1, 1, 2, 3]))
-    c = groups * draw(st.integers(1, 2))
-    o = groups * draw(st.integers(1, 2))
-    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
-    dil = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
-    pad = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
-    h = max(1, dil[0] * (kh - 1) + 1 - 2 * pad[0]) + draw(st.integers(0, 3))
-    w = max(1, dil[1] * (kw - 1) + 1 - 2 * pad[1]) + draw(st.integers(0, 3))
-    return dict(n=draw(st.integers(1, 2)), c=c, o=o, h=h, w=w, kh=kh, kw=kw, stride=stride,
-                padding=pad, dilation=dil, groups=groups, bias=draw(st.booleans()))
 
 
 @given(conv_case(), seeds)
@@ -64,20 +49,6 @@ def test_relu_grad(shape, seed):
     assert check_vjp(F.relu, [x], seed) < RTOL
 
 
-@st.composite
-def pool_case(draw, max_pool):
-    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    pad = (draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2)))
-    dil = (draw(st.integers(1, 2)), draw(st.integers(1, 2))) if max_pool else (1, 1)
-    # At least one window span of real input, so no dilated window falls entirely into the
-    # padding (its maximum would be -inf, as in PyTorch).
-    h = dil[0] * (kh - 1) + 1 + draw(st.integers(0, 3))
-    w = dil[1] * (kw - 1) + 1 + draw(st.integers(0, 3))
-    return dict(shape=(draw(st.integers(1, 2)), draw(st.integers(1, 2)), h, w),
-                kernel_size=(kh, kw), stride=stride, padding=pad, dilation=dil)
-
-
 @given(pool_case(True), seeds)
 def test_max_pool2d_grad(cfg, seed):
     x = distinct(np.random.default_rng(seed), cfg.pop("shape"))
@@ -96,16 +67,6 @@ def test_avg_pool2d_grad(cfg, include_pad, divisor, seed):
 def test_global_avg_pool2d_grad(shape, seed):
     x = smooth(np.random.default_rng(seed), shape)
     assert check_vjp(F.global_avg_pool2d, [x], seed) < RTOL
-
-
-@st.composite
-def broadcast_pair(draw):
-    shape = draw(st.lists(st.integers(1, 4), min_size=1, max_size=3))
-    other = [1 if draw(st.booleans()) else s for s in shape]
-    other = other[draw(st.integers(0, len(other))):]  # drop leading axes too
-    if draw(st.booleans()):
-        return tuple(shape), tuple(other)
-    return tuple(other), tuple(shape)
 
 
 @given(broadcast_pair(), seeds)
@@ -138,7 +99,9 @@ def test_cross_entropy_grad(n, c, reduction, seed):
     assert check_vjp(lambda x: F.cross_entropy(x, t, reduction), [x], seed) < RTOL
 
 
-@given(st.integers(2, 3), st.integers(1, 3), st.integers(1, 3), st.booleans(), st.booleans(),
+# hw >= 2: with only two values per channel the normalised output is ±1 whatever x is, and
+# its tiny gradient (∝ eps) is ill-conditioned for central differences.
+@given(st.integers(2, 3), st.integers(1, 3), st.integers(2, 3), st.booleans(), st.booleans(),
        seeds)
 def test_batch_norm_grad(n, c, hw, training, affine, seed):
     rng = np.random.default_rng(seed)

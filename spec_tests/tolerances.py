@@ -14,6 +14,11 @@ REORDERED_SUM = {np.dtype(np.float64): (1e-10, 1e-12), np.dtype(np.float32): (1e
 #: O(eps/h) ~1e-10 relative to the function's scale.
 CENTRAL_DIFF = (1e-6, 1e-7)
 
+#: Dot-product test of a whole model in float64 (central differences along one direction):
+#: deep stacks with BatchNorm over small batches have large third derivatives, so truncation
+#: error reaches ~1e-6 at the step sizes where rounding stays small. Real vjp bugs give >1e-3.
+DOT_PRODUCT_MODEL = 1e-5
+
 #: PyTorch parity in float64 (issue requirement): relative error <= 1e-10.
 TORCH_F64_RTOL = 1e-10
 
@@ -23,13 +28,17 @@ def tol(dtype, table=REORDERED_SUM):
     return table[np.dtype(dtype)]
 
 
-def max_rel_err(a, b) -> float:
-    """max |a - b| / max(max|b|, tiny): one scalar relative error over a whole tensor."""
+def max_rel_err(a, b, floor: float = 1e-300) -> float:
+    """max |a - b| / max(max|b|, floor): one scalar relative error over a whole tensor.
+
+    ``floor`` is the scale below which values count as zero: a cotangent that is analytically
+    zero (a scale-invariant op) is rounding noise in both implementations, so compare it
+    against the scale of the related cotangents instead of against itself."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise AssertionError(f"shape mismatch {a.shape} vs {b.shape}")
     if a.size == 0:
         return 0.0
-    scale = max(float(np.max(np.abs(b))), 1e-300)
+    scale = max(float(np.max(np.abs(b))), floor)
     return float(np.max(np.abs(a - b))) / scale

@@ -1,0 +1,38 @@
+# Two commands: `make demo` (the main job) and `make test` (the spec suite).
+# Each creates .venv when missing and installs only what changed since the last run
+# (stamp files record what was installed from which requirements file).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install --disable-pip-version-check -q
+JOBS   ?= 2
+
+.PHONY: demo test lint bench clean-venv
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.runtime: $(PY) requirements/runtime.txt pyproject.toml
+	$(PIP) -r requirements/runtime.txt
+	$(PIP) --no-deps --no-build-isolation -e .
+	@touch $@
+
+$(VENV)/.test: $(VENV)/.runtime requirements/test.txt requirements/torch.txt
+	$(PIP) -r requirements/test.txt -r requirements/torch.txt
+	@touch $@
+
+demo: $(VENV)/.runtime
+	$(VENV)/bin/fedmef demo
+
+test: $(VENV)/.test
+	$(PY) -m pytest -n $(JOBS) -q spec_tests
+
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff check .
+
+bench: $(VENV)/.test
+	$(PY) benchmarks/conv.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,77 @@
+"""The ``fedmef`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: Modules that add sub-commands (``fedmef partition``, ``memory``, ``run``, ``compare``, ...).
+_COMMAND_MODULES = (
+    "data_tools.cli",
+    "refimpl.memory_cli",
+    "refimpl.fl.cli",
+)
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    res = run_demo(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
+    return 0 if res["last_loss"] < res["first_loss"] else 1
+
+
+def _cmd_models(args) -> int:
+    import models
+
+    print(f"{'model':<14}{'norm':<8}{'params':>12}{'prunable':>12}")
+    for name in models.names():
+        for norm in args.norms:
+            m = models.build(name, args.in_channels, args.classes, norm=norm)
+            print(f"{name:<14}{norm:<8}{m.num_params():>12,}{m.num_prunable():>12,}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedmef", description="FedMef reference implementation (SPEC.md is the source of "
+        "truth for every rule).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="train the small CNN on the bundled Fashion-MNIST subset")
+    d.add_argument("--steps", type=int, default=300)
+    d.add_argument("--batch", type=int, default=64)
+    d.add_argument("--lr", type=float, default=0.05)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=_cmd_demo)
+
+    m = sub.add_parser("models", help="list the model zoo with parameter counts")
+    m.add_argument("--in-channels", type=int, default=1)
+    m.add_argument("--classes", type=int, default=10)
+    m.add_argument("--norms", nargs="+", default=["none", "bn"])
+    m.set_defaults(func=_cmd_models)
+
+    # Each further command lives beside the code it drives and registers itself here through
+    # ``add_parser(subparsers)``, which must set ``func`` on the parser it adds.
+    for module in _COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue  # a command whose module is not part of this checkout yet
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"fedmef {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

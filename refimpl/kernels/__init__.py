@@ -1,0 +1,1 @@
+"""Convolution kernels: dense (:mod:`.conv`) and masked (:mod:`.masked_conv`)."""

@@ -1,0 +1,267 @@
+"""Dense conv2d kernels: forward, input gradient and weight gradient (SPEC CONV-1).
+
+Three implementations of each, behind one dispatch (``impl``):
+
+- ``naive``: plain Python loop functions, C-shaped (explicit ``out`` buffers, explicit bounds,
+  no allocation inside): the oracle. Slow; for tests on tiny shapes.
+- ``jit``: the *same* loop functions compiled by Numba (``refimpl._jit.njit``); parallel over
+  the batch (forward, input gradient) or over output channels (weight gradient), so every
+  ``prange`` iteration writes its own slice.
+- ``np``: vectorised NumPy: im2col as one strided copy, a BLAS matmul, and col2im as
+  ``kh·kw`` strided adds. The default (see ``DEFAULT_IMPL``): fastest here (benchmarks/conv.py).
+
+Shapes: x (N, C, H, W), w (O, C/groups, KH, KW), g and y (N, O, OH, OW) with
+OH = floor((H + 2·ph − dh·(KH − 1) − 1) / sh) + 1 (likewise OW). All kernels keep the input
+dtype (float32 or float64, CONV-2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from .._jit import njit, prange
+
+__all__ = ["IMPLS", "DEFAULT_IMPL", "conv2d_output_shape", "conv2d_forward", "conv2d_grad_input",
+           "conv2d_grad_weight"]
+
+IMPLS = ("naive", "np", "jit")
+#: The default path. ``np`` (im2col + BLAS) is 2-5x faster than the direct Numba loops on the
+#: reference layer (benchmarks/conv.py), and works without numba.
+DEFAULT_IMPL = "np"
+
+
+def conv2d_output_shape(x_shape, w_shape, stride, padding, dilation, groups):
+    """(N, O, OH, OW) of conv2d; raises ValueError when the window does not fit."""
+    n, c, h, w = x_shape
+    o, _, kh, kw = w_shape
+    out = []
+    for size, k, s, p, d, axis in zip((h, w), (kh, kw), stride, padding, dilation,
+                                      ("height", "width")):
+        span = d * (k - 1) + 1
+        if size + 2 * p < span:
+            raise ValueError(
+                f"conv2d: input {axis} {size} with padding {p} is smaller than the dilated kernel "
+                f"span {span}; expected {axis} >= {span - 2 * p}"
+            )
+        out.append((size + 2 * p - span) // s + 1)
+    return (n, o, out[0], out[1])
+
+
+# ---- naive loops (the oracle); the jit versions are these functions compiled ------------------
+def _forward_loops(x, w, stride, padding, dilation, groups, out):
+    """out[n, o, oh, ow] = Σ_{c, i, j} w[o, c, i, j] · x[n, c0 + c, oh·sh − ph + i·dh, ...]."""
+    n_batch, c_in, h, wd = x.shape
+    c_out, cg, kh, kw = w.shape
+    _, _, oh_size, ow_size = out.shape
+    sh, sw = stride
+    ph, pw = padding
+    dh, dw = dilation
+    og = c_out // groups
+    for n in prange(n_batch):
+        for o in range(c_out):
+            c0 = (o // og) * cg
+            for oh in range(oh_size):
+                for ow in range(ow_size):
+                    out[n, o, oh, ow] = 0
+                    acc = out[n, o, oh, ow]  # a zero of the buffer's dtype
+                    for c in range(cg):
+                        for i in range(kh):
+                            ih = oh * sh - ph + i * dh
+                            if ih < 0 or ih >= h:
+                                continue
+                            for j in range(kw):
+                                iw = ow * sw - pw + j * dw
+                                if iw < 0 or iw >= wd:
+                                    continue
+                                acc += w[o, c, i, j] * x[n, c0 + c, ih, iw]
+                    out[n, o, oh, ow] = acc
+    return out
+
+
+def _grad_input_loops(g, w, stride, padding, dilation, groups, dx):
+    """dx[n, c0 + c, ih, iw] = Σ w[o, c, i, j] · g[n, o, oh, ow] over oh·sh − ph + i·dh = ih."""
+    n_batch, c_in, h, wd = dx.shape
+    c_out, cg, kh, kw = w.shape
+    _, _, oh_size, ow_size = g.shape
+    sh, sw = stride
+    ph, pw = padding
+    dh, dw = dilation
+    og = c_out // groups
+    for n in prange(n_batch):
+        for c in range(c_in):
+            for ih in range(h):
+                for iw in range(wd):
+                    dx[n, c, ih, iw] = 0
+        for o in range(c_out):
+            c0 = (o // og) * cg
+            for c in range(cg):
+                for i in range(kh):
+                    for j in range(kw):
+                        v = w[o, c, i, j]
+                        for oh in range(oh_size):
+                            ih = oh * sh - ph + i * dh
+                            if ih < 0 or ih >= h:
+                                continue
+                            for ow in range(ow_size):
+                                iw = ow * sw - pw + j * dw
+                                if iw < 0 or iw >= wd:
+                                    continue
+                                dx[n, c0 + c, ih, iw] += v * g[n, o, oh, ow]
+    return dx
+
+
+def _grad_weight_loops(x, g, stride, padding, dilation, groups, dw_out):
+    """dw[o, c, i, j] = Σ_{n, oh, ow} g[n, o, oh, ow] · x[n, c0 + c, oh·sh − ph + i·dh, ...]."""
+    n_batch, c_in, h, wd = x.shape
+    c_out, cg, kh, kw = dw_out.shape
+    _, _, oh_size, ow_size = g.shape
+    sh, sw = stride
+    ph, pw = padding
+    dh, dw = dilation
+    og = c_out // groups
+    for o in prange(c_out):
+        c0 = (o // og) * cg
+        for c in range(cg):
+            for i in range(kh):
+                for j in range(kw):
+                    dw_out[o, c, i, j] = 0
+                    acc = dw_out[o, c, i, j]
+                    for n in range(n_batch):
+                        for oh in range(oh_size):
+                            ih = oh * sh - ph + i * dh
+                            if ih < 0 or ih >= h:
+                                continue
+                            for ow in range(ow_size):
+                                iw = ow * sw - pw + j * dw
+                                if iw < 0 or iw >= wd:
+                                    continue
+                                acc += g[n, o, oh, ow] * x[n, c0 + c, ih, iw]
+                    dw_out[o, c, i, j] = acc
+    return dw_out
+
+
+_forward_jit = njit(_forward_loops, parallel=True)
+_grad_input_jit = njit(_grad_input_loops, parallel=True)
+_grad_weight_jit = njit(_grad_weight_loops, parallel=True)
+
+
+# ---- NumPy: im2col + BLAS ---------------------------------------------------------------------
+# Columns are laid out channel-major, (C·KH·KW, N·OH·OW), so each op is ONE large GEMM per group
+# (measured 1.5x faster here than one GEMM per sample with the (N, C·KH·KW, OH·OW) layout).
+def _pad(x, padding):
+    ph, pw = padding
+    if ph or pw:
+        return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    return x
+
+
+def _im2col(x, kh, kw, stride, padding, dilation, oh, ow):
+    """cols (C·KH·KW, N·OH·OW): cols[(c, i, j), (n, oh, ow)] = x_pad[n, c, oh·sh + i·dh, ...].
+    One strided view, one copy."""
+    xp = _pad(x, padding)
+    n, c = xp.shape[:2]
+    s_n, s_c, s_h, s_w = xp.strides
+    view = as_strided(
+        xp, (c, kh, kw, n, oh, ow),
+        (s_c, s_h * dilation[0], s_w * dilation[1], s_n, s_h * stride[0], s_w * stride[1]),
+        writeable=False,
+    )
+    return view.reshape(c * kh * kw, n * oh * ow)
+
+
+def _col2im(dcols, x_shape, kh, kw, stride, padding, dilation, oh, ow):
+    """Adjoint of :func:`_im2col`: scatter-add columns back into an (N, C, H, W) array, as
+    KH·KW strided adds."""
+    n, c, h, w = x_shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dcols.dtype)
+    dxp_t = dxp.transpose(1, 0, 2, 3)  # a view in the columns' (c, n, h, w) order
+    d6 = dcols.reshape(c, kh, kw, n, oh, ow)
+    for i in range(kh):
+        for j in range(kw):
+            dxp_t[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh,
+                  j * dw:j * dw + sw * (ow - 1) + 1:sw] += d6[:, i, j]
+    if ph or pw:
+        return np.ascontiguousarray(dxp[:, :, ph:ph + h, pw:pw + w])
+    return dxp
+
+
+def _group_view(a2, groups):
+    """(G·R, L) -> (G, R, L) without copying."""
+    return a2.reshape(groups, a2.shape[0] // groups, a2.shape[1])
+
+
+def _forward_np(x, w, stride, padding, dilation, groups, out_shape):
+    n, o, oh, ow = out_shape
+    _, cg, kh, kw = w.shape
+    cols = _im2col(x, kh, kw, stride, padding, dilation, oh, ow)
+    # (G, O/G, Cg·KK) @ (G, Cg·KK, N·L) -> (G, O/G, N·L), i.e. (O, N, OH, OW)
+    y = np.matmul(w.reshape(groups, o // groups, cg * kh * kw), _group_view(cols, groups))
+    return np.ascontiguousarray(y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3))
+
+
+def _g_channel_major(g, groups):
+    """g (N, O, OH, OW) -> (G, O/G, N·OH·OW), one copy."""
+    n, o, oh, ow = g.shape
+    return _group_view(np.ascontiguousarray(g.transpose(1, 0, 2, 3)).reshape(o, -1), groups)
+
+
+def _grad_input_np(g, w, x_shape, stride, padding, dilation, groups):
+    n, o, oh, ow = g.shape
+    _, cg, kh, kw = w.shape
+    wt = w.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1)
+    dcols = np.matmul(wt, _g_channel_major(g, groups))  # (G, Cg·KK, N·L)
+    return _col2im(dcols.reshape(groups * cg * kh * kw, -1), x_shape, kh, kw, stride, padding,
+                   dilation, oh, ow)
+
+
+def _grad_weight_np(x, g, w_shape, stride, padding, dilation, groups):
+    n, o, oh, ow = g.shape
+    _, cg, kh, kw = w_shape
+    cols = _im2col(x, kh, kw, stride, padding, dilation, oh, ow)
+    # (G, O/G, N·L) @ (G, N·L, Cg·KK): the transpose is a stride change BLAS takes for free
+    dw = np.matmul(_g_channel_major(g, groups), _group_view(cols, groups).transpose(0, 2, 1))
+    return dw.reshape(w_shape)
+
+
+# ---- dispatch ---------------------------------------------------------------------------------
+def _check_impl(impl):
+    impl = DEFAULT_IMPL if impl is None else impl
+    if impl not in IMPLS:
+        raise ValueError(f"conv2d: unknown kernel impl {impl!r}; valid: {', '.join(IMPLS)}")
+    return impl
+
+
+def conv2d_forward(x, w, stride, padding, dilation, groups, impl=None):
+    """y = conv2d(x, w) without bias; returns a new (N, O, OH, OW) array."""
+    impl = _check_impl(impl)
+    out_shape = conv2d_output_shape(x.shape, w.shape, stride, padding, dilation, groups)
+    if impl == "np":
+        return _forward_np(x, w, stride, padding, dilation, groups, out_shape)
+    out = np.empty(out_shape, dtype=x.dtype)
+    f = _forward_jit if impl == "jit" else _forward_loops
+    return f(np.ascontiguousarray(x), np.ascontiguousarray(w), tuple(stride), tuple(padding),
+             tuple(dilation), int(groups), out)
+
+
+def conv2d_grad_input(g, w, x_shape, stride, padding, dilation, groups, impl=None):
+    """dx = ∂<g, conv2d(x, w)>/∂x; returns a new array of ``x_shape``."""
+    impl = _check_impl(impl)
+    if impl == "np":
+        return _grad_input_np(g, w, x_shape, stride, padding, dilation, groups)
+    dx = np.empty(x_shape, dtype=g.dtype)
+    f = _grad_input_jit if impl == "jit" else _grad_input_loops
+    return f(np.ascontiguousarray(g), np.ascontiguousarray(w), tuple(stride), tuple(padding),
+             tuple(dilation), int(groups), dx)
+
+
+def conv2d_grad_weight(x, g, w_shape, stride, padding, dilation, groups, impl=None):
+    """dw = ∂<g, conv2d(x, w)>/∂w; returns a new array of ``w_shape``."""
+    impl = _check_impl(impl)
+    if impl == "np":
+        return _grad_weight_np(x, g, w_shape, stride, padding, dilation, groups)
+    dw = np.empty(w_shape, dtype=x.dtype)
+    f = _grad_weight_jit if impl == "jit" else _grad_weight_loops
+    return f(np.ascontiguousarray(x), np.ascontiguousarray(g), tuple(stride), tuple(padding),
+             tuple(dilation), int(groups), dw)

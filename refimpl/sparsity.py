@@ -1,0 +1,235 @@
+"""Masks, layer densities and prune-and-grow as pure functions on arrays (SPEC §2, §8, BAE-1).
+
+Conventions: lists are in layer order (the model's prunable tensors, MASK-1); masks are boolean
+arrays of the weight's shape; flat indices are C-order positions (CONV-3); every "k largest /
+smallest" selection breaks ties by ascending flat index (CONV-4) and never depends on the sort
+stability of a library. Counts from a configured fraction use exact rationals (CONV-6).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+__all__ = [
+    "exact_fraction",
+    "layer_densities",
+    "layer_counts",
+    "random_masks",
+    "density",
+    "alpha_schedule",
+    "adjust_counts",
+    "k_smallest",
+    "k_largest",
+    "marked_set",
+    "adjust",
+    "AdjustReport",
+]
+
+KINDS = ("erk", "er", "uniform")
+
+
+def exact_fraction(p, name: str = "density") -> Fraction:
+    """The decimal as written, as an exact rational (CONV-6): ``Fraction(str(p))``."""
+    if isinstance(p, Fraction):
+        return p
+    if isinstance(p, bool) or not isinstance(p, (int, float, str, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a number, received {p!r}")
+    try:
+        f = Fraction(str(p))
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"{name} must be a finite number, received {p!r}") from None
+    return f
+
+
+def _check_density(d: Fraction) -> None:
+    if not 0 < d <= 1:
+        raise ValueError(f"density must lie in (0, 1], received {float(d)!r}; 1 means dense")
+
+
+def _score(shape: tuple[int, ...], kind: str) -> Fraction:
+    """ERK-1 raw score: sum(shape)/prod(shape); `er` drops the kernel dims of convs."""
+    n = math.prod(shape)
+    if kind == "er" and len(shape) == 4:
+        return Fraction(shape[0] + shape[1], n)
+    return Fraction(sum(shape), n)
+
+
+def layer_densities(shapes, density, kind: str = "erk") -> tuple[list[Fraction], set[int]]:
+    """Exact per-layer densities d_l and the set D of layers made dense (ERK-1).
+
+    ``kind`` is ``erk`` (RigL's Erdős–Rényi-Kernel), ``er`` or ``uniform`` (d_l = d).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown density kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+    shapes = [tuple(int(s) for s in sh) for sh in shapes]
+    if not shapes:
+        raise ValueError("layer_densities: no prunable layers given")
+    d = exact_fraction(density)
+    _check_density(d)
+    sizes = [math.prod(sh) for sh in shapes]
+    if kind == "uniform":
+        return [d] * len(shapes), set()
+    scores = [_score(sh, kind) for sh in shapes]
+    total = d * sum(sizes)
+    dense: set[int] = set()
+    while True:
+        denom = sum(scores[i] * sizes[i] for i in range(len(shapes)) if i not in dense)
+        eps = (total - sum(sizes[i] for i in dense)) / denom
+        over = [i for i in range(len(shapes)) if i not in dense and eps * scores[i] > 1]
+        if not over:
+            break
+        # the layer with the largest raw score (first in layer order on a tie) becomes dense
+        dense.add(max(over, key=lambda i: (scores[i], -i)))
+    return [Fraction(1) if i in dense else eps * scores[i] for i in range(len(shapes))], dense
+
+
+def layer_counts(shapes, density, kind: str = "erk") -> list[int]:
+    """Exact integer nonzero counts per layer (ERK-2); they sum to floor(d·N + 1/2).
+
+    Raises ``ValueError`` when a layer would keep no weight.
+    """
+    shapes = [tuple(int(s) for s in sh) for sh in shapes]
+    dens, dense = layer_densities(shapes, density, kind)
+    sizes = [math.prod(sh) for sh in shapes]
+    d = exact_fraction(density)
+    target = math.floor(d * sum(sizes) + Fraction(1, 2))
+    exact = [dl * n for dl, n in zip(dens, sizes)]
+    counts = [math.floor(e) for e in exact]
+    remainder = target - sum(counts)
+    order = sorted(
+        (i for i in range(len(shapes)) if i not in dense and counts[i] < sizes[i]),
+        key=lambda i: (-(exact[i] - counts[i]), i),
+    )
+    if remainder > len(order):  # cannot happen: the fractional parts sum to at least this
+        raise AssertionError("ERK-2 remainder exceeds the eligible layers")
+    for i in order[:remainder]:
+        counts[i] += 1
+    empty = [i for i, c in enumerate(counts) if c < 1]
+    if empty:
+        raise ValueError(
+            f"density {density} is too small for {kind}: layer(s) {empty} (shapes "
+            f"{[shapes[i] for i in empty]}) would keep no weight; every layer needs at least one "
+            f"(ERK-2). Use a larger density."
+        )
+    return counts
+
+
+def random_masks(shapes, counts, rngs) -> list[np.ndarray]:
+    """ERK-3: layer l keeps ``counts[l]`` positions drawn uniformly without replacement from its
+    own generator ``rngs[l]`` (stream MASK_INIT, extra = l)."""
+    masks = []
+    for sh, n, rng in zip(shapes, counts, rngs):
+        size = math.prod(sh)
+        m = np.zeros(size, dtype=bool)
+        m[rng.choice(size, size=n, replace=False, shuffle=False)] = True
+        masks.append(m.reshape(sh))
+    return masks
+
+
+def density(masks) -> float:
+    """MASK-2: total nonzeros of the masks over the total size of the prunable tensors."""
+    return float(sum(int(m.sum()) for m in masks) / sum(m.size for m in masks))
+
+
+def alpha_schedule(alpha: float, t: int, t_end: int) -> float:
+    """PG-2: α_t = α/2 · (1 + cos(π t / T_end)) in float64."""
+    return float(np.float64(alpha) / 2.0 * (1.0 + math.cos(math.pi * t / t_end)))
+
+
+def adjust_counts(masks, alpha_t: float) -> list[int]:
+    """PG-3: k_l = min(ceil(α_t · nnz_l), nnz_l, N_l − nnz_l)."""
+    out = []
+    for m in masks:
+        nnz = int(m.sum())
+        out.append(min(math.ceil(alpha_t * nnz), nnz, m.size - nnz))
+    return out
+
+
+def _check_scores(name: str, s: np.ndarray) -> None:
+    if not np.all(np.isfinite(s)):
+        raise ValueError(f"{name}: scores must be finite (received NaN or inf)")
+
+
+def k_smallest(candidates: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` candidates of smallest score, ties by ascending flat index (CONV-4); returned
+    sorted ascending. ``candidates`` are flat indices, ``scores`` their scores."""
+    _check_scores("k_smallest", scores)
+    order = np.lexsort((candidates, scores))  # primary key last: score asc, then index asc
+    return np.sort(candidates[order[:k]])
+
+
+def k_largest(candidates: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` candidates of largest score, ties by ascending flat index (CONV-4); returned
+    sorted ascending."""
+    _check_scores("k_largest", scores)
+    order = np.lexsort((candidates, -scores))
+    return np.sort(candidates[order[:k]])
+
+
+def marked_set(weights, masks, counts) -> list[np.ndarray]:
+    """BAE-1 / PG-4: per layer, the ``counts[l]`` active entries of smallest |θ| (sorted flat
+    indices, int64)."""
+    out = []
+    for w, m, k in zip(weights, masks, counts):
+        active = np.flatnonzero(m)
+        if not 0 <= k <= active.size:
+            raise ValueError(f"marked_set: count {k} outside [0, {active.size}] active entries")
+        out.append(k_smallest(active, np.abs(w.reshape(-1)[active]), k).astype(np.int64))
+    return out
+
+
+@dataclass
+class AdjustReport:
+    """What one prune-and-grow did, per layer (sorted flat indices)."""
+
+    counts: list[int]
+    pruned: list[np.ndarray]
+    grown: list[np.ndarray]
+
+
+def adjust(weights, masks, scores, alpha_t: float, prune: str = "magnitude", marked=None):
+    """PG-3..PG-7 on every layer: prune ``k_l`` active weights, grow ``k_l`` of the positions that
+    were inactive before pruning, zero the grown weights; every layer keeps its nnz.
+
+    ``scores`` are dense growth scores (the averaged ḡ, PG-5) of each weight's shape.
+    ``prune="magnitude"`` prunes the k_l smallest |θ| among active entries (PG-4);
+    ``prune="marked"`` prunes ``marked[l]`` (the BaE marked set, which must hold k_l entries).
+    Returns new lists ``(weights, masks, report)``; the inputs are not modified.
+    """
+    if prune not in ("magnitude", "marked"):
+        raise ValueError(f"adjust: prune must be 'magnitude' or 'marked', received {prune!r}")
+    if prune == "marked" and marked is None:
+        raise ValueError("adjust: prune='marked' needs the marked set")
+    if not (len(weights) == len(masks) == len(scores)):
+        raise ValueError("adjust: weights, masks and scores must list the same layers")
+    counts = adjust_counts(masks, alpha_t)
+    new_w, new_m, pruned, grown = [], [], [], []
+    for li, (w, m, s, k) in enumerate(zip(weights, masks, scores, counts)):
+        if w.shape != m.shape or s.shape != m.shape:
+            raise ValueError(f"adjust: layer {li} has weight {w.shape}, mask {m.shape}, score "
+                             f"{s.shape}; expected one shape")
+        flat_m = m.reshape(-1)
+        if prune == "marked":
+            p = np.asarray(marked[li], dtype=np.int64)
+            if p.size != k or not flat_m[p].all():
+                raise ValueError(f"adjust: marked set of layer {li} must be {k} active entries")
+        else:
+            active = np.flatnonzero(flat_m)
+            p = k_smallest(active, np.abs(w.reshape(-1)[active]), k)
+        inactive = np.flatnonzero(~flat_m)  # before pruning (PG-6)
+        q = k_largest(inactive, np.abs(s.reshape(-1)[inactive]), k)
+        mm = flat_m.copy()
+        mm[p] = False
+        mm[q] = True
+        ww = w.reshape(-1).copy()
+        ww[q] = 0
+        ww *= mm
+        new_w.append(ww.reshape(w.shape))
+        new_m.append(mm.reshape(m.shape))
+        pruned.append(p.astype(np.int64))
+        grown.append(q.astype(np.int64))
+    return new_w, new_m, AdjustReport(counts, pruned, grown)

@@ -1,0 +1,150 @@
+# covers: CONV-1, CONV-2, MASK-3, PG-5
+"""The conv kernels agree with each other: for the dense kernels, the naive loop oracle, NumPy
+(im2col + BLAS) and Numba; for the masked kernels (which visit only active weights), their naive
+twin, their Numba version (both the generic and the stride-1 "wide rows" path) and the dense
+kernels on W ⊙ M. Also with Numba disabled and with numba not installed at all."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from refimpl import _jit
+from refimpl import functional as F
+from refimpl.kernels import conv as K
+from refimpl.kernels import masked_conv as MK
+
+from .strategies import conv_case, seeds
+from .tolerances import tol
+
+dtypes = st.sampled_from([np.float32, np.float64])
+
+
+def _geom(cfg):
+    return (cfg["stride"], cfg["padding"], cfg["dilation"], cfg["groups"])
+
+
+def _arrays(cfg, seed, dtype, density=None):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((cfg["n"], cfg["c"], cfg["h"], cfg["w"])).astype(dtype)
+    wshape = (cfg["o"], cfg["c"] // cfg["groups"], cfg["kh"], cfg["kw"])
+    w = rng.standard_normal(wshape).astype(dtype)
+    mask = None
+    if density is not None:
+        mask = rng.random(wshape) < density
+        w = w * mask
+    oshape = K.conv2d_output_shape(x.shape, wshape, *_geom(cfg))
+    g = rng.standard_normal(oshape).astype(dtype)
+    return x, w, mask, g
+
+
+def _dense_all(x, w, g, geom, impl):
+    return (K.conv2d_forward(x, w, *geom, impl=impl),
+            K.conv2d_grad_input(g, w, x.shape, *geom, impl=impl),
+            K.conv2d_grad_weight(x, g, w.shape, *geom, impl=impl))
+
+
+@given(conv_case(), seeds, dtypes)
+def test_dense_kernels_agree(cfg, seed, dtype):
+    x, w, _, g = _arrays(cfg, seed, dtype)
+    geom = _geom(cfg)
+    oracle = _dense_all(x, w, g, geom, "naive")
+    rtol, atol = tol(dtype)
+    for impl in ("np", "jit"):
+        for got, want in zip(_dense_all(x, w, g, geom, impl), oracle):
+            assert got.dtype == dtype and got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+
+
+@given(conv_case(), seeds, dtypes, st.sampled_from([0.0, 0.1, 0.5, 1.0]))
+def test_masked_kernels_agree_with_dense_on_masked_weight(cfg, seed, dtype, density):
+    x, w, mask, g = _arrays(cfg, seed, dtype, density)
+    geom = _geom(cfg)
+    oshape = g.shape
+    dense = _dense_all(x, w, g, geom, "naive")
+    rtol, atol = tol(dtype)
+    for impl in MK.IMPLS:
+        y = MK.masked_conv2d_forward(x, w, mask, *geom, oshape, impl=impl)
+        dx = MK.masked_conv2d_grad_input(g, w, mask, x.shape, *geom, impl=impl)
+        dw = MK.masked_conv2d_grad_weight(x, g, mask, *geom, impl=impl)
+        np.testing.assert_allclose(y, dense[0], rtol=rtol, atol=atol)
+        np.testing.assert_allclose(dx, dense[1], rtol=rtol, atol=atol)
+        np.testing.assert_allclose(dw, dense[2] * mask, rtol=rtol, atol=atol)
+        assert np.all(dw[~mask] == 0)  # MASK-3: exactly zero, not merely small
+        assert y.dtype == dx.dtype == dw.dtype == dtype
+
+
+@given(conv_case(), seeds, st.sampled_from([0.1, 0.5]))
+def test_functional_masked_conv_weight_grad_modes(cfg, seed, density):
+    """conv2d(mask=M): the ordinary step's weight gradient is zero off the mask; the growth-score
+    mode (weight_grad="dense", PG-5) returns the full dense gradient."""
+    import refimpl
+
+    x, w, mask, g = _arrays(cfg, seed, np.float64, density)
+    kw = dict(stride=cfg["stride"], padding=cfg["padding"], dilation=cfg["dilation"],
+              groups=cfg["groups"])
+    _, vjp_m = refimpl.vjp(lambda w: F.conv2d(x, w, mask=mask, **kw), w)
+    _, vjp_d = refimpl.vjp(lambda w: F.conv2d(x, w, mask=mask, weight_grad="dense", **kw), w)
+    _, vjp_plain = refimpl.vjp(lambda w: F.conv2d(x, w, **kw), w)
+    full = vjp_plain(g)[0]
+    np.testing.assert_allclose(vjp_m(g)[0], full * mask, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(vjp_d(g)[0], full, rtol=1e-10, atol=1e-12)
+
+
+def test_unknown_impl_is_a_clear_error():
+    x, w = np.zeros((1, 1, 3, 3)), np.zeros((1, 1, 3, 3))
+    with pytest.raises(ValueError, match="unknown kernel impl 'cuda'; valid: naive, np, jit"):
+        K.conv2d_forward(x, w, (1, 1), (0, 0), (1, 1), 1, impl="cuda")
+
+
+_AGREEMENT_SCRIPT = textwrap.dedent("""
+    import sys
+    {prelude}
+    import numpy as np
+    from refimpl import _jit
+    from refimpl.kernels import conv as K, masked_conv as MK
+    print("JIT_ENABLED", _jit.JIT_ENABLED, "HAVE_NUMBA", _jit.HAVE_NUMBA)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 6, 5)); w = rng.standard_normal((6, 2, 3, 2))
+    m = rng.random(w.shape) < 0.5; w = w * m
+    geom = ((1, 2), (1, 0), (2, 1), 2)
+    y0 = K.conv2d_forward(x, w, *geom, impl="naive")
+    g = rng.standard_normal(y0.shape)
+    for impl in ("np", "jit"):
+        assert np.allclose(K.conv2d_forward(x, w, *geom, impl=impl), y0)
+        assert np.allclose(K.conv2d_grad_input(g, w, x.shape, *geom, impl=impl),
+                           K.conv2d_grad_input(g, w, x.shape, *geom, impl="naive"))
+        assert np.allclose(K.conv2d_grad_weight(x, g, w.shape, *geom, impl=impl),
+                           K.conv2d_grad_weight(x, g, w.shape, *geom, impl="naive"))
+    assert np.allclose(MK.masked_conv2d_forward(x, w, m, *geom, y0.shape, impl="jit"), y0)
+    print("AGREE")
+""")
+
+
+@pytest.mark.parametrize("mode", ["disabled", "absent"])
+def test_kernels_run_without_numba(mode):
+    """The same kernel functions run interpreted with NUMBA_DISABLE_JIT=1 and with numba not
+    installed at all (simulated by blocking its import)."""
+    env = dict(os.environ)
+    prelude = ""
+    if mode == "disabled":
+        env["NUMBA_DISABLE_JIT"] = "1"
+    else:
+        env.pop("NUMBA_DISABLE_JIT", None)
+        prelude = "sys.modules['numba'] = None  # import numba now raises ImportError"
+    out = subprocess.run([sys.executable, "-c", _AGREEMENT_SCRIPT.format(prelude=prelude)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "AGREE" in out.stdout
+    assert "JIT_ENABLED False" in out.stdout
+    assert ("HAVE_NUMBA False" in out.stdout) == (mode == "absent")
+
+
+def test_this_process_compiles_kernels():
+    """The suite itself runs the compiled kernels (so the agreement tests above test Numba)."""
+    assert _jit.HAVE_NUMBA and _jit.JIT_ENABLED
