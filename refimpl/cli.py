@@ -24,12 +24,21 @@ def _cmd_demo(args) -> int:
 def _cmd_models(args) -> int:
     import models
 
-    print(f"{'model':<14}{'norm':<8}{'params':>12}{'prunable':>12}")
+    print(f"input {args.in_channels} channels, {args.classes} classes; 'prunable' counts the "
+          f"conv and linear weights (MASK-1), 'layers' the prunable tensors")
+    print(f"{'model':<14}{'norm':<8}{'params':>12}{'prunable':>12}{'layers':>8}")
     for name in models.names():
         for norm in args.norms:
-            m = models.build(name, args.in_channels, args.classes, norm=norm)
-            print(f"{name:<14}{norm:<8}{m.num_params():>12,}{m.num_prunable():>12,}")
+            m = models.build(name, args.in_channels, args.classes, norm=norm, width=args.width)
+            print(f"{name:<14}{norm:<8}{m.num_params():>12,}{m.num_prunable():>12,}"
+                  f"{len(m.prunable):>8}")
     return 0
+
+
+def models_norms() -> tuple[str, ...]:
+    from models import NORMS
+
+    return NORMS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the model zoo with parameter counts")
     m.add_argument("--in-channels", type=int, default=1)
     m.add_argument("--classes", type=int, default=10)
-    m.add_argument("--norms", nargs="+", default=["none", "bn"])
+    m.add_argument("--norms", nargs="+", default=list(models_norms()), choices=models_norms())
+    m.add_argument("--width", type=float, default=1.0)
     m.set_defaults(func=_cmd_models)
 
     # Each further command lives beside the code it drives and registers itself here through

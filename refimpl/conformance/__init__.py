@@ -1,0 +1,1 @@
+"""Cross-implementation conformance kit: golden vectors, a binary tensor file, a checker."""
