@@ -23,7 +23,7 @@ $(VENV)/.test: $(VENV)/.runtime requirements/test.txt requirements/torch.txt
 	@touch $@
 
 demo: $(VENV)/.runtime
-	$(VENV)/bin/fedmef demo
+	$(VENV)/bin/fedmef run --preset demo --overwrite --out runs/demo
 
 test: $(VENV)/.test
 	$(PY) -m pytest -n $(JOBS) -q spec_tests

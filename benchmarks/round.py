@@ -1,0 +1,147 @@
+"""One round of the demo preset: refimpl's fedmef round against a PyTorch twin of its local
+training, in the same process with explicit thread counts.
+
+The twin trains the same clients on the same batches (RNG-1 shuffle streams), for the same T
+iterations, with the same learning rate, starting from the same initial weights, through the
+same layer graph (NSConv as weight standardisation in torch), but dense: no masks, no SAP, no
+BaE. refimpl is timed twice: as configured (sparse, SAP, BaE when the round extrudes) and as the
+twin's dense equivalent (density 1, γ 0), so the ratio separates the engine from the method.
+Nothing is asserted; the ratios are printed.
+
+    .venv/bin/python benchmarks/round.py [--threads 2] [--round 1] [--repeat 3] [--set k=v ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from _common import set_threads
+
+from models.graph import Conv, GlobalAvgPool, Linear, MaxPool, ReLU, Residual
+from refimpl.fl.client import RoundPlan, _batches, local_train
+from refimpl.fl.config import load_config
+from refimpl.fl.data import load_fed_data
+from refimpl.fl.engine import run_round, should_evaluate
+from refimpl.fl.nets import NSCONV_EPS
+from refimpl.fl.schedule import is_extrusion, learning_rate
+from refimpl.fl.server import sample_clients
+from refimpl.fl.state import GlobalState, build_model, init_state
+
+
+def torch_forward(torch, layers, p, x):
+    """The layer graph of models.graph in torch.nn.functional (NSConv: NSC-1, dense mask)."""
+    tf = torch.nn.functional
+    for layer in layers:
+        if isinstance(layer, Conv):
+            w = p[f"{layer.name}.weight"]
+            if layer.norm == "nsconv":
+                o = w.shape[0]
+                fan = w[0].numel()
+                c = w - w.reshape(o, -1).mean(dim=1).reshape(o, 1, 1, 1)
+                v = (c.reshape(o, -1) ** 2).sum(dim=1) / max(fan - 1, 1) * fan
+                r = torch.sqrt(torch.clamp(v, min=NSCONV_EPS))
+                w = p[f"{layer.name}.gain"].reshape(o, 1, 1, 1) * c / r.reshape(o, 1, 1, 1)
+            x = tf.conv2d(x, w, p.get(f"{layer.name}.bias"), stride=layer.stride,
+                          padding=layer.padding, groups=layer.groups)
+            if layer.norm == "bn":
+                x = tf.batch_norm(x, None, None, p[f"{layer.name}.bn.weight"],
+                                  p[f"{layer.name}.bn.bias"], training=True)
+        elif isinstance(layer, Linear):
+            x = tf.linear(x, p[f"{layer.name}.weight"], p.get(f"{layer.name}.bias"))
+        elif isinstance(layer, ReLU):
+            x = tf.relu(x)
+        elif isinstance(layer, MaxPool):
+            x = tf.max_pool2d(x, layer.kernel, layer.stride)
+        elif isinstance(layer, GlobalAvgPool):
+            x = x.mean(dim=(2, 3))
+        elif isinstance(layer, Residual):
+            body = torch_forward(torch, layer.body, p, x)
+            short = torch_forward(torch, layer.shortcut, p, x) if layer.shortcut else x
+            x = tf.relu(body + short) if layer.relu else body + short
+        else:
+            raise TypeError(f"no torch twin for {layer!r}")
+    return x
+
+
+def torch_round(torch, cfg, model, params, data, clients, t):
+    """The twin's local training of every client of round t (LT-1..LT-3, dense)."""
+    lr = learning_rate(cfg, t)
+    for k in clients:
+        p = {n: torch.tensor(a, requires_grad=True) for n, a in params.items()}
+        idx_all = data.parts[int(k)]
+        for order in _batches(cfg, t, int(k), idx_all.size):
+            idx = idx_all[order]
+            x = torch.from_numpy(data.batch(data.x_train[idx]))
+            y = torch.from_numpy(data.y_train[idx])
+            loss = torch.nn.functional.cross_entropy(torch_forward(torch, model.layers, p, x), y)
+            grads = torch.autograd.grad(loss, list(p.values()))
+            with torch.no_grad():
+                for v, g in zip(p.values(), grads, strict=True):
+                    v -= lr * g
+
+
+def best(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--round", type=int, default=1, help="round t to time (1..R)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--preset", default="demo")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args(argv)
+    _keep, info = set_threads(args.threads)
+    import torch
+
+    cfg = load_config(args.preset, sets=args.set)
+    dense_cfg = load_config(args.preset, sets=args.set + [
+        "run.method=fedavg", "sparse.density=1", "bae.enabled=false", "sap.gamma=0"])
+    data = load_fed_data(cfg)
+    model = build_model(cfg, data.input_shape[0], data.num_classes)
+    state = init_state(cfg, model)
+    t = args.round
+    state = GlobalState(t - 1, state.params, state.buffers, state.masks, state.mask_version,
+                        state.client_mask_version)
+    clients = sample_clients(cfg.run.seed, t, cfg.data.num_clients, cfg.train.clients_per_round)
+    iters = sum(-(-len(data.parts[int(k)]) // cfg.train.batch_size) * cfg.train.local_epochs
+                for k in clients)
+    dense_params = {n: a.copy() for n, a in model.params.items()}
+    plan = RoundPlan(t, learning_rate(cfg, t))
+
+    def ours_dense():
+        for k in clients:
+            local_train(model, dense_params, model.buffers, None, data, int(k), plan, dense_cfg)
+
+    # warm up: compiles (or loads) every kernel both paths use
+    run_round(cfg, model, state, data, t)
+    ours_dense()
+    torch_round(torch, cfg, model, dense_params, data, clients, t)
+
+    t_round = best(lambda: run_round(cfg, model, state, data, t), args.repeat)
+    t_dense = best(ours_dense, args.repeat)
+    t_torch = best(lambda: torch_round(torch, cfg, model, dense_params, data, clients, t),
+                   args.repeat)
+    print(f"demo round t={t}: {len(clients)} clients, {iters} local iterations (B="
+          f"{cfg.train.batch_size}), model {cfg.model.name}/{cfg.model.norm}; torch "
+          f"{torch.__version__}; {info}")
+    what = (f"{cfg.run.method} (density {cfg.sparse.density:g}, SAP γ {cfg.sap.gamma:g}, BaE "
+            f"{'extruding' if is_extrusion(cfg, t) else 'idle'} this round)")
+    print(f"  {'pytorch twin, dense local training':<52}{t_torch:8.3f} s   1.00x")
+    print(f"  {'refimpl dense local training (same work)':<52}{t_dense:8.3f} s "
+          f"{t_dense / t_torch:6.2f}x")
+    print(f"  {'refimpl full round: ' + what:<52}{t_round:8.3f} s {t_round / t_torch:6.2f}x")
+    if should_evaluate(cfg, t):
+        print("  (the full round includes the test-set evaluation of this round)")
+    print(f"ratio refimpl {cfg.run.method} round / pytorch twin: {t_round / t_torch:.2f}")
+
+
+if __name__ == "__main__":
+    main()

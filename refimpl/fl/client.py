@@ -1,0 +1,157 @@
+"""One client's work in one round: local training (SPEC LT-1..LT-3) with budget-aware extrusion
+in extrusion rounds (BAE-2..BAE-4) and growth scores in adjustment rounds (PG-5).
+
+A client is stateless between rounds: it starts from the broadcast global model and a fresh
+optimizer (momentum buffers live for one round), so a round depends only on the global state
+and the RNG-1 streams of (round, client).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import models
+
+from .. import functional as F
+from ..autodiff import value_and_grad
+from ..optim import SGD
+from ..rng import Purpose, stream
+from ..sparsity import k_largest
+from . import bae
+from .config import Config
+from .data import FedData
+from .nets import effective_model, run_options
+
+__all__ = ["RoundPlan", "ClientUpdate", "local_train", "growth_scores", "num_iterations"]
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What the server tells every client of round t.
+
+    ``marked``: BAE-1 marked set (per prunable layer, sorted flat indices) when the round
+    extrudes, else None. ``grow_counts``: k_l when the round adjusts (clients then upload growth
+    scores, PG-5), else None.
+    """
+
+    t: int
+    lr: float
+    marked: list | None = None
+    grow_counts: list | None = None
+
+
+@dataclass
+class ClientUpdate:
+    """What a client uploads (and what the engine records about it)."""
+
+    client: int
+    n: int  # number of local examples n_k (aggregation weight, AGG-1)
+    params: dict
+    buffers: dict
+    loss: float  # mean CE over the round's iterations (penalty excluded)
+    iterations: int  # T = E·ceil(n_k/B) (LT-3, BAE-3)
+    activation_bytes: int  # tape residual bytes after the round's first forward (MEM-2)
+    max_lr: float  # largest step size used (μ_τ in extrusion rounds, else η_t)
+    growth: list | None = field(default=None)  # per layer (flat indices, values) (PG-5)
+
+
+def num_iterations(n: int, cfg: Config) -> int:
+    """LT-3: T = E · ceil(n_k / B)."""
+    return cfg.train.local_epochs * math.ceil(n / cfg.train.batch_size)
+
+
+def _batches(cfg: Config, t: int, client: int, n: int):
+    """LT-2: per epoch a permutation from stream SHUFFLE (t, client, epoch); batches of B in
+    that order, the last one possibly smaller."""
+    b = cfg.train.batch_size
+    for epoch in range(cfg.train.local_epochs):
+        order = stream(cfg.run.seed, Purpose.SHUFFLE, t, client, epoch).permutation(n)
+        for s in range(0, n, b):
+            yield order[s:s + b]
+
+
+def local_train(model: models.Model, params: dict, buffers: dict, masks: dict | None,
+                data: FedData, client: int, plan: RoundPlan, cfg: Config) -> ClientUpdate:
+    """Train a copy of the global model on client ``client``'s data for E epochs (LT-1..LT-3).
+
+    Each step: mean cross-entropy over the batch on the tape; in an extrusion round the BAE-2
+    penalty gradient is added on the marked positions and the step size is μ_τ (BAE-4, unless
+    ``bae.budget_lr`` is false); the SGD step then re-masks W ← W ⊙ M (MASK-3). An extrusion
+    round runs exactly the same T iterations as any other round (BAE-3).
+    """
+    idx_all = data.parts[client]
+    n = int(idx_all.size)
+    p = {k: v.copy() for k, v in params.items()}
+    local = models.Model(model.name, model.layers, p, {k: v.copy() for k, v in buffers.items()})
+    opts = run_options(cfg, masks)
+    prunable = model.prunable
+    measured: list[int] = []
+
+    def loss_fn(q, xb, yb):
+        loss = F.cross_entropy(models.forward(local, q, xb, train=True, options=opts), yb)
+        if not measured:  # MEM-2: the activation cache after the round's first forward
+            measured.append(loss.tape.residual_nbytes())
+        return loss
+
+    step = value_and_grad(loss_fn)
+    tr = cfg.train
+    opt = SGD(plan.lr, momentum=tr.momentum, weight_decay=tr.weight_decay)
+    iterations = num_iterations(n, cfg)
+    extrude = plan.marked is not None
+    losses, max_lr = [], 0.0
+    for tau, order in enumerate(_batches(cfg, plan.t, client, n)):
+        idx = idx_all[order]
+        loss, grads = step(p, data.batch(data.x_train[idx]), data.y_train[idx])
+        losses.append(float(loss))
+        lr = plan.lr
+        if extrude:
+            weights = [p[name] for name in prunable]
+            if cfg.bae.budget_lr:  # BAE-4, with ‖θ_Low‖ of the weights before this step
+                lr = bae.budget_lr(plan.lr, tr.lr, bae.marked_norm(weights, plan.marked), tau,
+                                   iterations)
+            bae.add_penalty_grad([grads[name] for name in prunable], weights, plan.marked,
+                                 cfg.bae.lam, cfg.bae.variant)
+        max_lr = max(max_lr, lr)
+        opt.step(p, grads, masks, lr=lr)
+    if len(losses) != iterations:  # BAE-3 / LT-3 budget, guarded
+        raise AssertionError(f"client {client} ran {len(losses)} iterations, expected "
+                             f"{iterations}")
+    growth = None
+    if plan.grow_counts is not None:
+        growth = growth_scores(local, p, masks, data, client, plan, cfg)
+    return ClientUpdate(client, n, p, local.buffers, float(np.mean(losses)), iterations,
+                        measured[0], max_lr, growth)
+
+
+def growth_scores(model: models.Model, params: dict, masks: dict, data: FedData, client: int,
+                  plan: RoundPlan, cfg: Config) -> list:
+    """PG-5 on the client: the dense CE gradient with respect to the effective kernel of every
+    prunable layer, on the first mini-batch of stream GROW (round t, client); per layer, the
+    k_l (flat index, value) pairs of largest |score| among inactive positions (CONV-4), indices
+    ascending. The forward uses the training run options (SAP included: the client's memory
+    budget holds here too) in train mode, on a copy of the BatchNorm buffers.
+    """
+    idx_all = data.parts[client]
+    order = stream(cfg.run.seed, Purpose.GROW, plan.t, client).permutation(idx_all.size)
+    idx = idx_all[order[:cfg.train.batch_size]]
+    xb, yb = data.batch(data.x_train[idx]), data.y_train[idx]
+    eff, eff_params = effective_model(model, params, masks, cfg.model.nsconv_stats)
+    prunable = model.prunable
+    const = {k: v for k, v in eff_params.items() if k not in prunable}
+    opts = run_options(cfg, None)  # no masks: dense weight gradients
+
+    def loss_fn(w):
+        return F.cross_entropy(models.forward(eff, {**const, **w}, xb, train=True, options=opts),
+                               yb)
+
+    _, grads = value_and_grad(loss_fn)({name: eff_params[name] for name in prunable})
+    out = []
+    for name, k in zip(prunable, plan.grow_counts, strict=True):
+        score = grads[name].reshape(-1)
+        inactive = np.flatnonzero(~masks[name].reshape(-1))
+        top = k_largest(inactive, np.abs(score[inactive]), k).astype(np.int64)
+        out.append((top, score[top].copy()))
+    return out
