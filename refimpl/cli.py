@@ -11,6 +11,7 @@ _COMMAND_MODULES = (
     "data_tools.cli",
     "refimpl.memory_cli",
     "refimpl.fl.cli",
+    "refimpl.conformance.cli",
 )
 
 
