@@ -51,7 +51,7 @@ def main(argv=None) -> None:
         mask = rng.random(w0.shape) < d
         w = w0 * mask
 
-        def ours():
+        def ours(w=w, mask=mask):
             MK.masked_conv2d_forward(x, w, mask, *geom, out_shape, impl="jit")
             MK.masked_conv2d_grad_input(g, w, mask, x.shape, *geom, impl="jit")
             MK.masked_conv2d_grad_weight(x, g, mask, *geom, impl="jit")

@@ -22,4 +22,5 @@ settings.register_profile(
     database=None,
     print_blob=True,
 )
-settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "default"))
+settings.load_profile("ci" if os.environ.get("CI")
+                      else os.environ.get("HYPOTHESIS_PROFILE", "default"))

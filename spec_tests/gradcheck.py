@@ -26,7 +26,7 @@ def _f_dot(fn, primals, u):
 def numerical_vjp(fn, primals, u, h=1e-6):
     """Central-difference ``J^T u`` for each primal, element by element (float64 only)."""
     grads = []
-    for k, p in enumerate(primals):
+    for p in primals:
         g = np.zeros_like(p, dtype=np.float64)
         flat = p.reshape(-1)
         for i in range(flat.size):

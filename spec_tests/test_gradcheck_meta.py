@@ -68,7 +68,7 @@ def test_checker_catches_transposed_weight(n, seed):
     x, w = smooth(rng, (3, n)), smooth(rng, (n, n))
     for bug, bound in ((False, None), (True, 1e-3)):
         prim = _planted_linear(bug)
-        err = check_vjp(lambda x, w: apply(prim, (x, w, None), None), [x, w], seed)
+        err = check_vjp(lambda x, w, prim=prim: apply(prim, (x, w, None), None), [x, w], seed)
         assert (err < RTOL) if not bug else (err > bound)
 
 

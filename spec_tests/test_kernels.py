@@ -1,4 +1,4 @@
-# covers: CONV-1, CONV-2, MASK-3, PG-5
+# covers: CONV-1, CONV-2, CONV-5, MASK-3, PG-5
 """The conv kernels agree with each other: for the dense kernels, the naive loop oracle, NumPy
 (im2col + BLAS) and Numba; for the masked kernels (which visit only active weights), their naive
 twin, their Numba version (both the generic and the stride-1 "wide rows" path) and the dense
@@ -19,7 +19,7 @@ from refimpl import functional as F
 from refimpl.kernels import conv as K
 from refimpl.kernels import masked_conv as MK
 
-from .strategies import conv_case, seeds
+from .strategies import conv_case, pool_case, seeds
 from .tolerances import tol
 
 dtypes = st.sampled_from([np.float32, np.float64])
@@ -148,3 +148,27 @@ def test_kernels_run_without_numba(mode):
 def test_this_process_compiles_kernels():
     """The suite itself runs the compiled kernels (so the agreement tests above test Numba)."""
     assert _jit.HAVE_NUMBA and _jit.JIT_ENABLED
+
+
+@given(pool_case(True), seeds, dtypes, st.booleans())
+def test_max_pool_kernels_agree_with_numpy_twin(cfg, seed, dtype, ties):
+    """CONV-5: the compiled max-pool loops and the vectorised NumPy code pick the same first
+    maximum (raw values with many exact ties when ``ties``) and route the same gradient."""
+    from refimpl.kernels import pool as PK
+    from refimpl.ops import pool as P
+
+    rng = np.random.default_rng(seed)
+    shape = cfg["shape"]
+    x = (rng.integers(-2, 3, shape) if ties else rng.standard_normal(shape)).astype(dtype)
+    p = P.PoolParams(cfg["kernel_size"], cfg["stride"], cfg["padding"], cfg["dilation"])
+    oh, ow = P.pool_output_hw("max_pool2d", shape[2], shape[3], p)
+    y_np, res = P._max_pool2d_fwd_np(x, p, oh, ow, (True,))
+    g = rng.standard_normal(y_np.shape).astype(dtype)
+    dx_np = P._max_pool2d_vjp_np(res, g, p)[0]
+    for impl in ("naive", "jit"):
+        y, arg = PK.max_pool2d_forward(x, p.kernel, p.stride, p.padding, p.dilation, oh, ow,
+                                       impl=impl)
+        assert np.array_equal(y, y_np) and np.array_equal(arg, res.arg)
+        dx = PK.max_pool2d_backward(g, arg, x.shape, p.kernel, p.stride, p.padding, p.dilation,
+                                    impl=impl)
+        np.testing.assert_allclose(dx, dx_np, rtol=tol(dtype)[0], atol=tol(dtype)[1])

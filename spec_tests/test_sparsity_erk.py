@@ -51,7 +51,8 @@ def test_counts_follow_exact_densities(shapes, d, kind):
             assert c == n and dl == 1
         else:
             assert math.floor(dl * n) <= c <= math.floor(dl * n) + 1
-    bumped = [i for i in range(len(shapes)) if i not in dense and counts[i] > math.floor(dens[i] * sizes[i])]
+    bumped = [i for i in range(len(shapes))
+              if i not in dense and counts[i] > math.floor(dens[i] * sizes[i])]
     kept = [i for i in range(len(shapes)) if i not in dense and i not in bumped
             and counts[i] < sizes[i]]
     for b in bumped:  # every bumped layer's fraction is >= every eligible non-bumped one's

@@ -49,7 +49,8 @@ def batch_norm_fwd(inputs, p, needs):
     if any(needs):
         keep_xhat = needs[1] or (needs[0] and p.training)
         res = BatchNormRes(
-            xhat if keep_xhat else None, invstd, weight if (needs[0] and weight is not None) else None
+            xhat if keep_xhat else None, invstd,
+            weight if (needs[0] and weight is not None) else None,
         )
     return y, res
 

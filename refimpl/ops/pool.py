@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import _jit
+from ..kernels import pool as PK
 from ..tape import Primitive, Residual
 
 
@@ -56,10 +58,20 @@ class MaxPoolRes(Residual):
 
 def max_pool2d_fwd(inputs, p, needs):
     """y[n,c,i,j] = max over the window; the first maximum in row-major window order wins
-    (CONV-5), so equal values route the gradient to the earliest position."""
+    (CONV-5), so equal values route the gradient to the earliest position. Compiled kernels
+    (:mod:`refimpl.kernels.pool`) when Numba is on; this vectorised NumPy code otherwise (and
+    as their oracle in the tests)."""
     (x,) = inputs
     n, c, h, w = x.shape
     oh, ow = pool_output_hw("max_pool2d", h, w, p)
+    if _jit.JIT_ENABLED:
+        y, arg = PK.max_pool2d_forward(x, p.kernel, p.stride, p.padding, p.dilation, oh, ow)
+        return y, (MaxPoolRes(arg, x.shape) if needs[0] else None)
+    return _max_pool2d_fwd_np(x, p, oh, ow, needs)
+
+
+def _max_pool2d_fwd_np(x, p, oh, ow, needs):
+    n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p.kernel, p.stride, p.padding, p.dilation
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf) if ph or pw else x
     y = np.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
@@ -69,11 +81,18 @@ def max_pool2d_fwd(inputs, p, needs):
             v = xp[:, :, _window_slice(i, dh, sh, oh), _window_slice(j, dw, sw, ow)]
             better = v > y  # strict: a later equal value never replaces the first maximum
             np.copyto(y, v, where=better)
-            arg[better] = i * kw + j
+            np.copyto(arg, np.uint8(i * kw + j), where=better)
     return y, (MaxPoolRes(arg, x.shape) if needs[0] else None)
 
 
 def max_pool2d_vjp(res, g, p, needs):
+    if _jit.JIT_ENABLED:
+        return (PK.max_pool2d_backward(g, res.arg, res.in_shape, p.kernel, p.stride, p.padding,
+                                       p.dilation),)
+    return _max_pool2d_vjp_np(res, g, p)
+
+
+def _max_pool2d_vjp_np(res, g, p):
     n, c, h, w = res.in_shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p.kernel, p.stride, p.padding, p.dilation
     oh, ow = g.shape[2:]
