@@ -18,10 +18,12 @@ from .ops import conv as _conv
 from .ops import elementwise as _ew
 from .ops import loss as _loss
 from .ops import norm as _norm
+from .ops import nsconv as _nsconv
 from .ops import pool as _pool
 from .ops import reduce as _reduce
 from .ops import shape as _shape
 from .ops.common import check_float, check_ndim, pair
+from .sap import SapPolicy, SharedCache
 from .tape import Var, apply, value_of
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "cross_entropy",
     "batch_norm",
     "batch_norm2d",
+    "nsconv2d",
 ]
 
 
@@ -53,15 +56,23 @@ def _as_operand(op: str, v, like):
 
 
 # ---- bilinear ---------------------------------------------------------------------------------
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, mask=None,
+           weight_grad="masked", sap_gamma=0.0, cache_policy="dense", shared_cache=None):
     """2-D convolution (cross-correlation), PyTorch semantics (CONV-1).
 
     input (N, C_in, H, W); weight (C_out, C_in/groups, kH, kW); bias (C_out,) or None;
     returns (N, C_out, H_out, W_out) with H_out = floor((H + 2p - d(kH - 1) - 1) / s) + 1.
     Residuals: the input (for the weight gradient) and the weight (for the input gradient).
+
+    Keyword-only, beyond PyTorch: ``mask`` (bool or 0/1, the weight's shape) runs the masked
+    kernels that skip inactive weights; the weight must already be zero there (MASK-3), and
+    the weight gradient is zero there too unless ``weight_grad="dense"`` (growth scores, PG-5).
+    ``sap_gamma``, ``cache_policy``, ``shared_cache``: the SAP residual policy, see
+    :func:`_sap_policy` (SAP-1..3, CACHE-1..2).
     """
     x, w, b = value_of(input), value_of(weight), value_of(bias)
     check_float("conv2d", input=x, weight=w, bias=b)
+    sap = _sap_policy("conv2d", sap_gamma, cache_policy, shared_cache)
     check_ndim("conv2d", "input", x, 4, "(N, C_in, H, W)")
     check_ndim("conv2d", "weight", w, 4, "(C_out, C_in/groups, kH, kW)")
     if isinstance(padding, str):
@@ -77,11 +88,27 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         )
     if b is not None and b.shape != (w.shape[0],):
         raise ValueError(f"conv2d: expected bias of shape ({w.shape[0]},), received {b.shape}")
+    if weight_grad not in ("masked", "dense"):
+        raise ValueError(f"conv2d: weight_grad must be 'masked' or 'dense', received "
+                         f"{weight_grad!r}")
+    m = None
+    if mask is not None:
+        if isinstance(mask, Var):
+            raise TypeError("conv2d: mask is a constant and cannot be a traced value")
+        m = np.asarray(mask)
+        if m.shape != w.shape:
+            raise ValueError(f"conv2d: expected mask of the weight's shape {w.shape}, received "
+                             f"{m.shape}")
+        m = m.astype(bool, copy=False)
     p = _conv.ConvParams(
         pair("conv2d", "stride", stride),
         pair("conv2d", "padding", padding),
         pair("conv2d", "dilation", dilation),
         int(groups),
+        mask=m,
+        weight_grad=weight_grad,
+        sap=sap,
+        shared=shared_cache if sap is not None else None,
     )
     if min(p.stride) < 1 or min(p.dilation) < 1 or min(p.padding) < 0:
         raise ValueError(
@@ -91,9 +118,32 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return apply(_conv.CONV2D, (input, weight, bias), p)
 
 
-def linear(input, weight, bias=None):
-    """y = input @ weight.T + bias. input (*, in), weight (out, in), bias (out,) -> (*, out)."""
+def _sap_policy(op: str, sap_gamma, cache_policy, shared_cache):
+    """The SAP residual policy of a conv/linear call (SAP-1, SAP-2, CACHE-2).
+
+    ``sap_gamma`` γ ∈ [0, 1): the cached input keeps its n_keep = numel − floor(γ·numel)
+    largest-|x| entries (exact rational γ, CONV-6); the forward always uses the full input.
+    ``cache_policy``: ``dense`` | ``bitmap`` | ``index`` | ``auto`` (smallest, ties dense >
+    bitmap > index). γ = 0 with ``dense`` (the defaults) is no SAP: the layer keeps its input.
+    ``shared_cache``: a :class:`refimpl.sap.SharedCache` given to every layer that reads this same
+    input, so it is encoded and held once (SAP-1).
+    """
+    if shared_cache is not None and not isinstance(shared_cache, SharedCache):
+        raise TypeError(f"{op}: shared_cache must be a refimpl.sap.SharedCache, received "
+                        f"{type(shared_cache).__name__}")
+    try:
+        return SapPolicy.make(sap_gamma, cache_policy)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{op}: {e}") from None
+
+
+def linear(input, weight, bias=None, *, sap_gamma=0.0, cache_policy="dense", shared_cache=None):
+    """y = input @ weight.T + bias. input (*, in), weight (out, in), bias (out,) -> (*, out).
+
+    Residuals: the input (for the weight gradient; under SAP its compressed x̂ over the whole
+    tensor, see :func:`_sap_policy`) and the weight (for the input gradient)."""
     x, w, b = value_of(input), value_of(weight), value_of(bias)
+    sap = _sap_policy("linear", sap_gamma, cache_policy, shared_cache)
     check_float("linear", input=x, weight=w, bias=b)
     check_ndim("linear", "weight", w, 2, "(out_features, in_features)")
     if x.ndim < 1 or x.shape[-1] != w.shape[1]:
@@ -103,7 +153,8 @@ def linear(input, weight, bias=None):
         )
     if b is not None and b.shape != (w.shape[0],):
         raise ValueError(f"linear: expected bias of shape ({w.shape[0]},), received {b.shape}")
-    return apply(_conv.LINEAR, (input, weight, bias), None)
+    p = None if sap is None else _conv.LinearParams(sap, shared_cache)
+    return apply(_conv.LINEAR, (input, weight, bias), p)
 
 
 # ---- elementwise ------------------------------------------------------------------------------
@@ -334,3 +385,40 @@ def batch_norm2d(input, running_mean, running_var, weight=None, bias=None, train
     """:func:`batch_norm` for NCHW input only."""
     check_ndim("batch_norm2d", "input", value_of(input), 4, "(N, C, H, W)")
     return batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+# ---- NSConv -----------------------------------------------------------------------------------
+def nsconv2d(input, weight, mask, gain, bias=None, stride=1, padding=0, groups=1, stats="dense",
+             eps=1e-4, *, weight_grad="masked", sap_gamma=0.0, cache_policy="dense",
+             shared_cache=None):
+    """Normalised sparse convolution (SPEC §3): ``conv2d(input, Ŵ, bias)`` with the
+    per-output-channel standardised kernel Ŵ = g ⊙ (W − μ) / sqrt(max(s²·F, ε)) ⊙ M.
+
+    weight (C_out, C_in/groups, kH, kW); mask: bool or 0/1 array of the weight's shape (a
+    constant); gain (C_out,); ``stats`` is ``"dense"`` (NSC-1) or ``"masked"`` (NSC-2).
+    Gradients reach weight and gain through the mean and variance (NSC-3). Residuals: per-channel
+    scale of the standardisation, and Ŵ kept by the convolution (a weight-sized intermediate).
+    ``sap_gamma``, ``cache_policy``, ``shared_cache``: the convolution's SAP residual policy
+    (:func:`conv2d`); SAP applies to NSConv inputs like to any conv (SAP-1).
+    """
+    w, g = value_of(weight), value_of(gain)
+    check_float("nsconv2d", weight=w, gain=g, input=value_of(input), bias=value_of(bias))
+    check_ndim("nsconv2d", "weight", w, 4, "(C_out, C_in/groups, kH, kW)")
+    if isinstance(mask, Var):
+        raise TypeError("nsconv2d: mask is a constant and cannot be a traced value")
+    m = np.asarray(mask)
+    if m.shape != w.shape:
+        raise ValueError(f"nsconv2d: expected mask of the weight's shape {w.shape}, received "
+                         f"{m.shape}")
+    if g.shape != (w.shape[0],):
+        raise ValueError(f"nsconv2d: expected gain of shape ({w.shape[0]},), received {g.shape}")
+    if stats not in _nsconv.STATS:
+        raise ValueError(f"nsconv2d: stats must be one of {_nsconv.STATS}, received {stats!r}")
+    if not eps > 0:
+        raise ValueError(f"nsconv2d: eps must be > 0, received {eps}")
+    _sap_policy("nsconv2d", sap_gamma, cache_policy, shared_cache)  # fail before recording
+    p = _nsconv.StandardizeParams(m.astype(bool), stats, float(eps))
+    what = apply(_nsconv.STANDARDIZE, (weight, gain), p)
+    return conv2d(input, what, bias, stride=stride, padding=padding, groups=groups,
+                  mask=p.mask, weight_grad=weight_grad, sap_gamma=sap_gamma,
+                  cache_policy=cache_policy, shared_cache=shared_cache)

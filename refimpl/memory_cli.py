@@ -1,0 +1,137 @@
+"""``fedmef memory``: the analytic memory ledger on the command line (SPEC MEM-1..MEM-4).
+
+    fedmef memory --model resnet18 --input 3x32x32 --batch 64 --density 0.1 --gamma 0.7 \\
+        --policy auto [--json] [--budget BYTES]
+
+prints a per-layer table and the totals in bytes and MiB (or the ledger's JSON, schema in
+docs/memory.md). ``--budget`` also answers the largest batch whose training peak (or, with
+``--budget-of footprint``, paper-style footprint) fits.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+
+from . import memory as M
+from .sap import POLICIES
+from .sparsity import KINDS
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
+          "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+def parse_bytes(text: str) -> int:
+    """``"1000000"``, ``"64MiB"``, ``"1.5GB"`` -> bytes (int)."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"--budget must be a byte count such as 4000000, 64MiB or 1.5GB; "
+                         f"received {text!r} (units: {', '.join(u for u in _UNITS if u)})")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def _mib(b: int) -> str:
+    return f"{b / 2**20:,.3f}"
+
+
+def _table(ledger: M.Ledger) -> str:
+    head = (f"{'layer':<28}{'kind':<8}{'output':<18}{'params':>11}{'nnz':>11}"
+            f"{'w_sparse B':>12}{'cache':>8}{'cache B':>12}{'no-SAP B':>12}{'other B':>11}")
+    lines = [head, "-" * len(head)]
+    for r in ledger.layers:
+        cache = r["cache_format"] or ""
+        if r["cache_shared_with"]:
+            cache = "shared"
+        other = r["activation_cache"] - r["activation"]["input_cache"]
+        no_sap = r["activation_cache_no_sap"] - other
+        shape = "x".join(str(v) for v in r["output_shape"]) or "()"
+        lines.append(f"{r['name'][:27]:<28}{r['kind']:<8}{shape[:17]:<18}{r['params']:>11,}"
+                     f"{r['nnz']:>11,}{r['weights_sparse']:>12,}{cache:>8}"
+                     f"{r['activation']['input_cache']:>12,}{no_sap:>12,}{other:>11,}")
+    return "\n".join(lines)
+
+
+def _totals(ledger: M.Ledger) -> str:
+    t = ledger.totals
+    out = [f"{'total':<32}{'bytes':>16}{'MiB':>14}"]
+    for k, v in t.items():
+        out.append(f"{k:<32}{v:>16,}{_mib(v):>14}")
+    out.append("")
+    out.append(f"{'activation cache by category':<32}{'bytes':>16}{'MiB':>14}")
+    for k, v in ledger.activation_by_category.items():
+        out.append(f"  {k:<30}{v:>16,}{_mib(v):>14}")
+    out.append("")
+    out.append(f"{'communication per client/round':<32}{'bytes':>16}{'MiB':>14}")
+    for k, v in ledger.communication.items():
+        out.append(f"  {k:<30}{v:>16,}{_mib(v):>14}")
+    no_sap, sap = t["activation_cache_no_sap"], t["activation_cache"]
+    if no_sap:
+        out.append("")
+        out.append(f"SAP saves {100 * (1 - sap / no_sap):.1f}% of the activation cache and "
+                   f"{100 * (1 - t['footprint'] / t['footprint_no_sap']):.1f}% of the footprint")
+    return "\n".join(out)
+
+
+def _cmd_memory(args) -> int:
+    shape = M.parse_shape(args.input)
+    kw = dict(density=args.density, density_kind=args.density_kind, gamma=args.gamma,
+              policy=args.policy, dtype=np.dtype(args.dtype), momentum=args.momentum,
+              nsconv_stats=args.nsconv_stats, num_classes=args.classes, norm=args.norm,
+              width=args.width, loss=not args.no_loss)
+    ledger = M.ledger(args.model, shape, args.batch, **kw)
+    answer = None
+    if args.budget is not None:
+        budget = parse_bytes(args.budget)
+        answer = {"budget": budget, "of": args.budget_of,
+                  "largest_batch": M.largest_batch(budget, args.model, shape, key=args.budget_of,
+                                                   **kw)}
+    if args.json:
+        d = ledger.to_dict()
+        if answer is not None:
+            d["budget"] = answer
+        print(json.dumps(d, indent=2))
+        return 0
+    c = ledger.config
+    print(f"model {c['model']}  input {'x'.join(map(str, c['input_shape']))}  batch {c['batch']}"
+          f"  density {c['density']} ({c['density_kind']})  gamma {c['gamma']}  policy "
+          f"{c['policy']}  dtype {c['dtype']}  momentum {c['momentum']}")
+    print()
+    print(_table(ledger))
+    print()
+    print(_totals(ledger))
+    if answer is not None:
+        print()
+        n = answer["largest_batch"]
+        print(f"budget {answer['budget']:,} bytes ({_mib(answer['budget'])} MiB) for "
+              f"{answer['of']}: " + (f"largest batch that fits = {n}" if n else
+                                     "not even batch 1 fits"))
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    """Add the ``memory`` sub-command (called by :mod:`refimpl.cli`)."""
+    p = subparsers.add_parser(
+        "memory", help="analytic memory ledger: per-layer bytes of weights, masks, gradients, "
+        "optimizer state and activation cache (SAP), footprint and training peak")
+    p.add_argument("--model", required=True, help="zoo model name (see `fedmef models`)")
+    p.add_argument("--input", default="3x32x32", help="input shape CxHxW (default 3x32x32)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--density", default="1.0", help="weight density d (1 = dense model)")
+    p.add_argument("--density-kind", default="erk", choices=KINDS)
+    p.add_argument("--gamma", default="0.0", help="SAP ratio gamma in [0, 1)")
+    p.add_argument("--policy", default="auto", choices=POLICIES, help="activation cache format")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--momentum", action="store_true", help="count SGD momentum buffers")
+    p.add_argument("--norm", default="nsconv", choices=("nsconv", "bn", "none"))
+    p.add_argument("--nsconv-stats", default="dense", choices=("dense", "masked"))
+    p.add_argument("--width", type=float, default=1.0, help="model width multiplier")
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--no-loss", action="store_true",
+                   help="leave out the cross-entropy residual (a bare forward pass)")
+    p.add_argument("--json", action="store_true", help="print the ledger as JSON")
+    p.add_argument("--budget", default=None,
+                   help="bytes available (e.g. 64MiB): print the largest batch that fits")
+    p.add_argument("--budget-of", default="training_peak", choices=("training_peak", "footprint"))
+    p.set_defaults(func=_cmd_memory)
