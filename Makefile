@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --disable-pip-version-check -q
 JOBS   ?= 2
 
-.PHONY: demo test lint bench clean-venv
+.PHONY: demo test lint bench experiments clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ lint: $(VENV)/.test
 
 bench: $(VENV)/.test
 	$(PY) benchmarks/conv.py
+	$(PY) benchmarks/masked_conv.py
+	$(PY) benchmarks/sap.py
+	$(PY) benchmarks/round.py
+
+# The experiment grid of docs/results.md (about an hour on 2 cores; resumable).
+experiments: $(VENV)/.test
+	$(PY) benchmarks/experiments.py --jobs 2
 
 clean-venv:
 	rm -rf $(VENV)

@@ -15,13 +15,6 @@ _COMMAND_MODULES = (
 )
 
 
-def _cmd_demo(args) -> int:
-    from .demo import run_demo
-
-    res = run_demo(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
-    return 0 if res["last_loss"] < res["first_loss"] else 1
-
-
 def _cmd_models(args) -> int:
     import models
 
@@ -47,13 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fedmef", description="FedMef reference implementation (SPEC.md is the source of "
         "truth for every rule).")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    d = sub.add_parser("demo", help="train the small CNN on the bundled Fashion-MNIST subset")
-    d.add_argument("--steps", type=int, default=300)
-    d.add_argument("--batch", type=int, default=64)
-    d.add_argument("--lr", type=float, default=0.05)
-    d.add_argument("--seed", type=int, default=0)
-    d.set_defaults(func=_cmd_demo)
 
     m = sub.add_parser("models", help="list the model zoo with parameter counts")
     m.add_argument("--in-channels", type=int, default=1)
@@ -82,6 +68,9 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"fedmef {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into a reader that stopped early (| head)
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

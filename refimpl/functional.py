@@ -52,7 +52,8 @@ def _as_operand(op: str, v, like):
         return v
     if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
         return np.asarray(v, dtype=value_of(like).dtype)
-    raise TypeError(f"{op}: expected an array, a Var or a Python number, received {type(v).__name__}")
+    raise TypeError(f"{op}: expected an array, a Var or a Python number, received "
+                    f"{type(v).__name__}")
 
 
 # ---- bilinear ---------------------------------------------------------------------------------
@@ -262,7 +263,8 @@ def _pool_params(op, x, kernel_size, stride, padding, dilation, ceil_mode, **ext
         raise ValueError(f"{op}: ceil_mode=True is not supported; use ceil_mode=False")
     k = pair(op, "kernel_size", kernel_size)
     s = k if stride is None or stride == [] or stride == () else pair(op, "stride", stride)
-    p = _pool.PoolParams(k, s, pair(op, "padding", padding), pair(op, "dilation", dilation), **extra)
+    p = _pool.PoolParams(k, s, pair(op, "padding", padding), pair(op, "dilation", dilation),
+                         **extra)
     if min(k) < 1 or min(s) < 1 or min(p.dilation) < 1:
         raise ValueError(f"{op}: expected kernel_size, stride, dilation >= 1, received {k}, {s}, "
                          f"{p.dilation}")
@@ -332,7 +334,8 @@ def cross_entropy(input, target, reduction="mean"):
             f"[{t.min()}, {t.max()}]"
         )
     if reduction not in ("mean", "sum"):
-        raise ValueError(f"cross_entropy: reduction must be 'mean' or 'sum', received {reduction!r}")
+        raise ValueError(f"cross_entropy: reduction must be 'mean' or 'sum', received "
+                         f"{reduction!r}")
     if x.shape[0] == 0:
         raise ValueError("cross_entropy: empty batch")
     p = _loss.CrossEntropyParams(t.astype(np.int64), reduction)
@@ -419,6 +422,9 @@ def nsconv2d(input, weight, mask, gain, bias=None, stride=1, padding=0, groups=1
     _sap_policy("nsconv2d", sap_gamma, cache_policy, shared_cache)  # fail before recording
     p = _nsconv.StandardizeParams(m.astype(bool), stats, float(eps))
     what = apply(_nsconv.STANDARDIZE, (weight, gain), p)
+    # An all-true mask (a dense model, ERK-3) runs the dense BLAS kernels: the same function,
+    # several times faster than the masked kernels visiting every weight.
+    dense_mask = bool(p.mask.all())
     return conv2d(input, what, bias, stride=stride, padding=padding, groups=groups,
-                  mask=p.mask, weight_grad=weight_grad, sap_gamma=sap_gamma,
-                  cache_policy=cache_policy, shared_cache=shared_cache)
+                  mask=None if dense_mask else p.mask, weight_grad=weight_grad,
+                  sap_gamma=sap_gamma, cache_policy=cache_policy, shared_cache=shared_cache)
