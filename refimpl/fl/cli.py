@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 __all__ = ["add_parser"]
 
 
 def _print_summary(summary: dict, out) -> None:
-    from .runner import human_bytes
+    from .runner import human_bytes, read_metrics
 
     acc = summary["final_test_accuracy"]
     print(f"\nrun directory: {out}")
@@ -18,6 +19,14 @@ def _print_summary(summary: dict, out) -> None:
           f"{'on' if summary['bae'] else 'off'}, SAP γ {summary['sap_gamma']:g}, density "
           f"{summary['density']:g}), rounds {summary['rounds_completed']}/{summary['rounds']}, "
           f"{summary['adjustments']} mask adjustment(s)")
+    records = read_metrics(Path(out) / "metrics.jsonl")
+    if records:
+        print(f"train loss {records[0]['train_loss']:.4f} (round 1) -> "
+              f"{records[-1]['train_loss']:.4f} (round {records[-1]['round']})")
+        evals = [(r["round"], r["test_accuracy"]) for r in records
+                 if r["test_accuracy"] is not None]
+        if evals:
+            print("test accuracy by round: " + ", ".join(f"{t}: {a:.3f}" for t, a in evals))
     if acc is not None:
         print(f"final test accuracy {acc:.4f} (loss {summary['final_test_loss']:.4f}); best "
               f"{summary['best_test_accuracy']:.4f} at round {summary['best_round']}")
