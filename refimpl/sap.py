@@ -40,12 +40,15 @@ from ._jit import JIT_ENABLED
 from .kernels import cache as K
 from .tape import Residual
 
-__all__ = ["FORMATS", "POLICIES", "SapPolicy", "ActivationCache", "SharedCache",
+__all__ = ["FORMATS", "COMPAT_FORMATS", "POLICIES", "SapPolicy", "ActivationCache", "SharedCache",
            "exact_gamma", "keep_count", "index_dtype", "format_nbytes", "choose_format",
            "select", "keep_mask", "encode", "prune_and_encode", "decode", "default_impl"]
 
 FORMATS = ("dense", "bitmap", "index")
-POLICIES = FORMATS + ("auto",)
+#: Compatibility formats (docs/DEVIATIONS.md), never chosen by ``auto``: ``int32`` is the
+#: activation cache of the authors' public code (int32 flat indices + values).
+COMPAT_FORMATS = ("int32",)
+POLICIES = FORMATS + ("auto",) + COMPAT_FORMATS
 _INDEX_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32))
 
 
@@ -97,12 +100,22 @@ def format_nbytes(fmt: str, numel: int, n_keep: int, itemsize: int) -> int:
         return (numel + 7) // 8 + n_keep * itemsize
     if fmt == "index":
         return n_keep * (index_dtype(numel).itemsize + itemsize)
-    raise ValueError(f"unknown cache format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    if fmt == "int32":
+        _int32_fits(numel)
+        return n_keep * (4 + itemsize)
+    raise ValueError(f"unknown cache format {fmt!r}; valid formats: "
+                     f"{', '.join(FORMATS + COMPAT_FORMATS)}")
+
+
+def _int32_fits(numel: int) -> None:
+    if numel - 1 > np.iinfo(np.int32).max:
+        raise ValueError(f"int32 cache (compat): {numel} entries need flat indices beyond int32; "
+                         f"use the bitmap or dense format")
 
 
 def choose_format(policy: str, numel: int, n_keep: int, itemsize: int) -> str:
     """CACHE-2: the format a policy stores; ``auto`` = smallest, ties dense > bitmap > index."""
-    if policy in FORMATS:
+    if policy in FORMATS or policy in COMPAT_FORMATS:
         return policy
     if policy != "auto":
         raise ValueError(f"unknown cache policy {policy!r}; valid policies: {', '.join(POLICIES)}")
@@ -172,6 +185,8 @@ class ActivationCache(Residual):
     dense:  ``dense``  x̂ with x's shape and dtype (x itself when nothing was dropped)
     bitmap: ``bits``   uint8 (ceil(numel/8),), little bit order; ``values`` (n_keep,) x's dtype
     index:  ``index``  uint8/16/32 (n_keep,), ascending;          ``values`` (n_keep,) x's dtype
+    int32:  ``index``  int32 (n_keep,), ascending;                ``values`` (n_keep,) x's dtype
+            (compat: the public code's cache, docs/DEVIATIONS.md; never chosen by ``auto``)
 
     The tape counts these buffers (TAPE-3); their total is :attr:`nbytes` (CACHE-4).
     """
@@ -199,8 +214,9 @@ def encode(x: np.ndarray, n_keep: int, fmt: str, impl: str | None = None) -> Act
     """Keep the n_keep largest |x| of ``x`` (any shape, float32/float64; CONV-4) and store them
     in format ``fmt`` (CACHE-1). ``impl``: ``jit`` | ``np`` | ``naive`` kernels. With nothing
     dropped a dense cache is x itself (no copy)."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown cache format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    if fmt not in FORMATS and fmt not in COMPAT_FORMATS:
+        raise ValueError(f"unknown cache format {fmt!r}; valid formats: "
+                         f"{', '.join(FORMATS + COMPAT_FORMATS)}")
     if x.dtype not in (np.float32, np.float64):
         raise TypeError(f"sap encode: expected a float32 or float64 input, received {x.dtype}")
     impl = default_impl() if impl is None else impl
@@ -215,6 +231,10 @@ def encode(x: np.ndarray, n_keep: int, fmt: str, impl: str | None = None) -> Act
     if fmt == "bitmap":
         _, values = K.compact(xf, bits, n_keep, None, impl)
         return ActivationCache("bitmap", shape, x.dtype, n_keep, bits=bits, values=values)
+    if fmt == "int32":
+        _int32_fits(numel)
+        index, values = K.compact(xf, bits, n_keep, np.dtype(np.int32), impl)
+        return ActivationCache("int32", shape, x.dtype, n_keep, index=index, values=values)
     index, values = K.compact(xf, bits, n_keep, index_dtype(numel), impl)
     return ActivationCache("index", shape, x.dtype, n_keep, index=index, values=values)
 
@@ -234,7 +254,7 @@ def decode(cache: ActivationCache, impl: str | None = None) -> np.ndarray:
         return cache.dense
     if cache.fmt == "bitmap":
         out = K.decode_bitmap(cache.bits, cache.values, cache.numel, impl)
-    elif cache.fmt == "index":
+    elif cache.fmt in ("index", "int32"):
         out = K.decode_index(cache.index, cache.values, cache.numel, impl)
     else:
         raise ValueError(f"unknown cache format {cache.fmt!r}; valid formats: {', '.join(FORMATS)}")

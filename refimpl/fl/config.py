@@ -113,8 +113,10 @@ class BaeSection:
     enabled: bool = _key(AUTO, "budget-aware extrusion on/off; auto: on for fedmef (FL-2)",
                          auto=True)
     lam: float = _key(1.0, "penalty weight λ (BAE-2)", lo=0.0, toml="lambda")
-    variant: str = _key("l2sq", "l2sq: λ Σ θ² (default); l2: λ Σ_l ‖θ_Low_l‖₂ (BAE-2)",
-                        choices=("l2sq", "l2"))
+    variant: str = _key("l2sq", "l2sq: λ Σ θ² (default); l2: λ Σ_l ‖θ_Low_l‖₂ (BAE-2); authors: "
+                        "compat with the public code, l2 with λ_τ = λ + 1e-4·(τ+1) and β_τ "
+                        "without the sigmoid factor (docs/DEVIATIONS.md)",
+                        choices=("l2sq", "l2", "authors"))
     budget_lr: bool = _key(True, "budget-aware learning rate μ_τ = max(η_t, β_τ) (BAE-4); "
                            "false uses η_t")
     rounds: int = _key(0, "0: the adjustment round extrudes; E_b >= 1: the E_b rounds before "
@@ -126,7 +128,7 @@ class SapSection:
     gamma: float = _key(AUTO, "scaled activation pruning ratio γ in [0, 1) (SAP-2); auto: 0.7 "
                         "for fedmef, 0 otherwise", lo=0.0, hi=1.0, hi_open=True, auto=True)
     cache_policy: str = _key("auto", "activation cache format (CACHE-2)",
-                             choices=("auto", "dense", "bitmap", "index"))
+                             choices=("auto", "dense", "bitmap", "index", "int32"))
 
 
 _SECTIONS: dict[str, type] = {

@@ -471,8 +471,9 @@ def decode_bitmap(bits, values, numel, impl="jit"):
 
 def decode_index(index, values, numel, impl="jit"):
     """x̂ (numel,) from an index cache."""
-    if index.shape != values.shape or index.dtype.kind != "u":
-        raise ValueError(f"decode_index: expected unsigned indices with one entry per value, "
+    if index.shape != values.shape or (index.dtype.kind != "u" and index.dtype != np.int32):
+        raise ValueError(f"decode_index: expected unsigned (or int32, the compat format) "
+                         f"indices with one entry per value, "
                          f"received index {index.shape} {index.dtype}, values {values.shape}")
     out = np.empty(numel, dtype=values.dtype)
     got = _kernel("decode_index", impl)(index, values, values.dtype.type(0), out)
