@@ -5,7 +5,7 @@ One command runs the whole grid (one run directory each, resumable: finished run
 interrupted ones continue from their last checkpoint) and writes ``docs/results.md`` with its
 tables and plots (``docs/results/*.png``):
 
-    .venv/bin/python benchmarks/experiments.py [--jobs 2] [--rounds 30] [--out runs/experiments]
+    .venv/bin/python benchmarks/experiments.py [--jobs 2] [--rounds 25] [--out runs/experiments]
     .venv/bin/python benchmarks/experiments.py --report-only     # rebuild the report only
 
 Every number in the report comes from the runs' own files (``summary.json``, ``metrics.jsonl``)
@@ -335,7 +335,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Run the FedMef experiment grid and write "
                                  "docs/results.md")
     ap.add_argument("--out", default=str(ROOT / "runs" / "experiments"))
-    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=25)
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
     ap.add_argument("--only", nargs="*", help="row names to run (default: all)")
     ap.add_argument("--report-only", action="store_true")

@@ -76,9 +76,14 @@ def effective_model(model: models.Model, params: dict, masks: dict, stats: str):
     return models.Model(model.name, layers, new, buffers), new
 
 
-def evaluate(model: models.Model, params: dict, masks: dict | None, data, cfg: Config,
-             batch: int = 500) -> tuple[float, float]:
-    """Test accuracy and mean cross-entropy of the global model (eval mode, no tape)."""
+def evaluate(model: models.Model, params: dict, buffers: dict, masks: dict | None, data,
+             cfg: Config, batch: int = 500) -> tuple[float, float]:
+    """Test accuracy and mean cross-entropy of the global model (eval mode, no tape).
+
+    ``buffers`` are the global model's (aggregated, AGG-1) BatchNorm running statistics: eval
+    mode normalises with them, so they must be the global state's, not the buffers the model
+    object was built with."""
+    model = models.Model(model.name, model.layers, params, dict(buffers))
     opts = models.RunOptions(masks=masks, nsconv_stats=cfg.model.nsconv_stats)
     correct, loss_sum = 0, 0.0
     n = len(data.y_test)
