@@ -24,6 +24,7 @@ from . import bae
 from .config import Config
 from .data import FedData
 from .nets import effective_model, run_options
+from .observe import LocalStep, Observer
 
 __all__ = ["RoundPlan", "ClientUpdate", "local_train", "growth_scores", "num_iterations"]
 
@@ -74,13 +75,16 @@ def _batches(cfg: Config, t: int, client: int, n: int):
 
 
 def local_train(model: models.Model, params: dict, buffers: dict, masks: dict | None,
-                data: FedData, client: int, plan: RoundPlan, cfg: Config) -> ClientUpdate:
+                data: FedData, client: int, plan: RoundPlan, cfg: Config,
+                observer: Observer | None = None) -> ClientUpdate:
     """Train a copy of the global model on client ``client``'s data for E epochs (LT-1..LT-3).
 
     Each step: mean cross-entropy over the batch on the tape; in an extrusion round the BAE-2
-    penalty gradient is added on the marked positions and the step size is μ_τ (BAE-4, unless
-    ``bae.budget_lr`` is false); the SGD step then re-masks W ← W ⊙ M (MASK-3). An extrusion
-    round runs exactly the same T iterations as any other round (BAE-3).
+    penalty gradient (with λ_τ, :func:`bae.lambda_at`) is added on the marked positions and the
+    step size is μ_τ (BAE-4, unless ``bae.budget_lr`` is false); the SGD step then re-masks
+    W ← W ⊙ M (MASK-3). An extrusion round runs exactly the same T iterations as any other
+    round (BAE-3). ``observer`` (:class:`refimpl.fl.observe.Observer`) sees every forward and
+    step without changing them.
     """
     idx_all = data.parts[client]
     n = int(idx_all.size)
@@ -94,6 +98,8 @@ def local_train(model: models.Model, params: dict, buffers: dict, masks: dict | 
         loss = F.cross_entropy(models.forward(local, q, xb, train=True, options=opts), yb)
         if not measured:  # MEM-2: the activation cache after the round's first forward
             measured.append(loss.tape.residual_nbytes())
+        if observer is not None:  # before backward releases the residuals; τ = steps done
+            observer.local_forward(plan.t, client, len(losses), local, p, xb, opts, loss.tape)
         return loss
 
     step = value_and_grad(loss_fn)
@@ -102,32 +108,44 @@ def local_train(model: models.Model, params: dict, buffers: dict, masks: dict | 
     iterations = num_iterations(n, cfg)
     extrude = plan.marked is not None
     losses, max_lr = [], 0.0
+    per_epoch = math.ceil(n / tr.batch_size)
     for tau, order in enumerate(_batches(cfg, plan.t, client, n)):
         idx = idx_all[order]
-        loss, grads = step(p, data.batch(data.x_train[idx]), data.y_train[idx])
+        xb, yb = data.batch(data.x_train[idx]), data.y_train[idx]
+        loss, grads = step(p, xb, yb)
         losses.append(float(loss))
         lr = plan.lr
+        ce_grads = {k: g.copy() for k, g in grads.items()} if observer is not None else None
+        lam = pen = low_norm = pen_grads = None
         if extrude:
             weights = [p[name] for name in prunable]
+            lam = bae.lambda_at(cfg.bae.lam, cfg.bae.variant, tau)
+            low_norm = bae.marked_norm(weights, plan.marked)
             if cfg.bae.budget_lr:  # BAE-4, with ‖θ_Low‖ of the weights before this step
-                lr = bae.budget_lr(plan.lr, tr.lr, bae.marked_norm(weights, plan.marked), tau,
-                                   iterations)
-            bae.add_penalty_grad([grads[name] for name in prunable], weights, plan.marked,
-                                 cfg.bae.lam, cfg.bae.variant)
+                lr = bae.budget_lr(plan.lr, tr.lr, low_norm, tau, iterations,
+                                   sigmoid=cfg.bae.variant != "authors")
+            if observer is not None:
+                pen = bae.penalty(weights, plan.marked, lam, cfg.bae.variant)
+            pen_grads = bae.add_penalty_grad([grads[name] for name in prunable], weights,
+                                             plan.marked, lam, cfg.bae.variant)
         max_lr = max(max_lr, lr)
         opt.step(p, grads, masks, lr=lr)
+        if observer is not None:
+            observer.local_step(plan.t, client, LocalStep(
+                tau, tau // per_epoch, np.asarray(order, dtype=np.int64), xb, yb, float(loss),
+                lr, ce_grads, pen_grads, lam, pen, low_norm, p))
     if len(losses) != iterations:  # BAE-3 / LT-3 budget, guarded
         raise AssertionError(f"client {client} ran {len(losses)} iterations, expected "
                              f"{iterations}")
     growth = None
     if plan.grow_counts is not None:
-        growth = growth_scores(local, p, masks, data, client, plan, cfg)
+        growth = growth_scores(local, p, masks, data, client, plan, cfg, observer)
     return ClientUpdate(client, n, p, local.buffers, float(np.mean(losses)), iterations,
                         measured[0], max_lr, growth)
 
 
 def growth_scores(model: models.Model, params: dict, masks: dict, data: FedData, client: int,
-                  plan: RoundPlan, cfg: Config) -> list:
+                  plan: RoundPlan, cfg: Config, observer: Observer | None = None) -> list:
     """PG-5 on the client: the dense CE gradient with respect to the effective kernel of every
     prunable layer, on the first mini-batch of stream GROW (round t, client); per layer, the
     k_l (flat index, value) pairs of largest |score| among inactive positions (CONV-4), indices
@@ -154,4 +172,6 @@ def growth_scores(model: models.Model, params: dict, masks: dict, data: FedData,
         inactive = np.flatnonzero(~masks[name].reshape(-1))
         top = k_largest(inactive, np.abs(score[inactive]), k).astype(np.int64)
         out.append((top, score[top].copy()))
+    if observer is not None:
+        observer.growth(plan.t, client, order, grads, out)
     return out

@@ -14,6 +14,7 @@ from .client import RoundPlan, local_train
 from .config import Config
 from .data import FedData
 from .nets import evaluate
+from .observe import Observer
 from .schedule import (
     adjustment_target,
     alpha_at,
@@ -42,8 +43,11 @@ def _per_layer(names, index_sets) -> dict:
 
 
 def run_round(cfg: Config, model: models.Model, state: GlobalState, data: FedData,
-              t: int) -> tuple[GlobalState, dict]:
-    """Round t on ``state`` (the state after round t − 1); ``state`` itself is not modified."""
+              t: int, observer: Observer | None = None) -> tuple[GlobalState, dict]:
+    """Round t on ``state`` (the state after round t − 1); ``state`` itself is not modified.
+
+    ``observer`` (:class:`refimpl.fl.observe.Observer`) is told what the round computes, step
+    by step, without changing it (the conformance kit records golden vectors this way)."""
     if t != state.round + 1:
         raise ValueError(f"run_round: state holds round {state.round}, cannot run round {t}")
     prunable = model.prunable
@@ -61,6 +65,8 @@ def run_round(cfg: Config, model: models.Model, state: GlobalState, data: FedDat
     adjusting = is_adjustment(cfg, t)
     grow_counts = adjust_counts(mask_list, alpha_at(cfg, t)) if adjusting else None
     plan = RoundPlan(t, lr, marked if is_extrusion(cfg, t) else None, grow_counts)
+    if observer is not None:
+        observer.round_start(t, clients, plan, alpha_at(cfg, t) if adjusting else None)
 
     client_versions = state.client_mask_version.copy()
     updates, down = [], 0
@@ -69,10 +75,13 @@ def run_round(cfg: Config, model: models.Model, state: GlobalState, data: FedDat
         down += bytes_down(state.params, state.buffers, masks,
                            send_mask=client_versions[k] != state.mask_version)
         client_versions[k] = state.mask_version
-        updates.append(local_train(model, state.params, state.buffers, masks, data, k, plan, cfg))
+        updates.append(local_train(model, state.params, state.buffers, masks, data, k, plan, cfg,
+                                   observer))
     shapes = {n: state.params[n].shape for n in prunable}
     up = sum(bytes_up(u, masks, shapes) for u in updates)
     params, buffers = aggregate(updates, masks)
+    if observer is not None:
+        observer.aggregated(t, params, buffers)
     norm_after = bae.marked_norm([params[n] for n in prunable], marked) if marked else None
 
     new_masks, mask_version, report = masks, state.mask_version, None
@@ -85,12 +94,14 @@ def run_round(cfg: Config, model: models.Model, state: GlobalState, data: FedDat
                                                    alpha_at(cfg, t), cfg.sparse.prune, low)
         if any(not np.array_equal(new_masks[n], masks[n]) for n in prunable):
             mask_version += 1
+        if observer is not None:
+            observer.adjusted(t, scores, report, params, new_masks)
     new_state = GlobalState(t, params, buffers, new_masks, mask_version, client_versions)
 
     weights = [u.n for u in updates]
     acc = loss = None
     if should_evaluate(cfg, t):
-        acc, loss = evaluate(model, params, new_masks, data, cfg)
+        acc, loss = evaluate(model, params, buffers, new_masks, data, cfg)
     numel = {n: int(params[n].size) for n in prunable}
     nnz = ({n: int(new_masks[n].sum()) for n in prunable} if new_masks is not None
            else dict(numel))
