@@ -15,7 +15,7 @@ $(PY):
 
 $(VENV)/.runtime: $(PY) requirements/runtime.txt pyproject.toml
 	$(PIP) -r requirements/runtime.txt
-	$(PIP) --no-deps --no-build-isolation -e .
+	$(PIP) --no-deps -e .
 	@touch $@
 
 $(VENV)/.test: $(VENV)/.runtime requirements/test.txt requirements/torch.txt
