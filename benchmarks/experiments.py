@@ -72,6 +72,14 @@ def grid() -> list[Row]:
             Row(f"fedmef-bn-d{d}", "ablation", "fedmef", d, s + ("model.norm=bn",),
                 label="FedMef with BatchNorm instead of NSConv"),
         ]
+    # Where does NSConv's accuracy go? Its masked statistics mode (NSC-2), and no norm at all.
+    rows += [
+        Row("fedmef-maskedstats-d0.1", "ablation", "fedmef", "0.1",
+            ("sparse.density=0.1", "model.nsconv_stats=masked"),
+            label="FedMef with NSConv masked statistics (NSC-2)"),
+        Row("fedmef-nonorm-d0.1", "ablation", "fedmef", "0.1",
+            ("sparse.density=0.1", "model.norm=none"), label="FedMef with plain convs (no norm)"),
+    ]
     for g in GAMMAS:
         rows.append(Row(f"fedmef-gamma{g}-d0.1", "gamma", "fedmef", "0.1",
                         ("sparse.density=0.1", f"sap.gamma={g}"), label=f"FedMef γ={g}"))
