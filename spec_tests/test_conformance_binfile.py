@@ -50,7 +50,7 @@ def test_documented_layout():
 
 
 @pytest.mark.parametrize("damage,message", [
-    (lambda b: b"XXXXXXXX" + b[8:], "not a FedMef tensor file"),
+    (lambda b: b"NOTMAGIC" + b[8:], "not a FedMef tensor file"),
     (lambda b: b[:8] + struct.pack("<I", 99) + b[12:], "version 99"),
     (lambda b: b[:40], "truncated tensor file"),
     (lambda b: b[:-70], "truncated tensor file"),
