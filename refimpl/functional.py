@@ -56,6 +56,17 @@ def _as_operand(op: str, v, like):
                     f"{type(v).__name__}")
 
 
+def _as_mask(op: str, mask, w_shape) -> np.ndarray:
+    """A weight mask as a bool array of the weight's shape; masks are constants (TAPE-4)."""
+    if isinstance(mask, Var):
+        raise TypeError(f"{op}: mask is a constant and cannot be a traced value")
+    m = np.asarray(mask)
+    if m.shape != w_shape:
+        raise ValueError(f"{op}: expected mask of the weight's shape {w_shape}, received "
+                         f"{m.shape}")
+    return m.astype(bool, copy=False)
+
+
 # ---- bilinear ---------------------------------------------------------------------------------
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, mask=None,
            weight_grad="masked", sap_gamma=0.0, cache_policy="dense", shared_cache=None):
@@ -92,15 +103,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     if weight_grad not in ("masked", "dense"):
         raise ValueError(f"conv2d: weight_grad must be 'masked' or 'dense', received "
                          f"{weight_grad!r}")
-    m = None
-    if mask is not None:
-        if isinstance(mask, Var):
-            raise TypeError("conv2d: mask is a constant and cannot be a traced value")
-        m = np.asarray(mask)
-        if m.shape != w.shape:
-            raise ValueError(f"conv2d: expected mask of the weight's shape {w.shape}, received "
-                             f"{m.shape}")
-        m = m.astype(bool, copy=False)
+    m = None if mask is None else _as_mask("conv2d", mask, w.shape)
     p = _conv.ConvParams(
         pair("conv2d", "stride", stride),
         pair("conv2d", "padding", padding),
@@ -407,12 +410,7 @@ def nsconv2d(input, weight, mask, gain, bias=None, stride=1, padding=0, groups=1
     w, g = value_of(weight), value_of(gain)
     check_float("nsconv2d", weight=w, gain=g, input=value_of(input), bias=value_of(bias))
     check_ndim("nsconv2d", "weight", w, 4, "(C_out, C_in/groups, kH, kW)")
-    if isinstance(mask, Var):
-        raise TypeError("nsconv2d: mask is a constant and cannot be a traced value")
-    m = np.asarray(mask)
-    if m.shape != w.shape:
-        raise ValueError(f"nsconv2d: expected mask of the weight's shape {w.shape}, received "
-                         f"{m.shape}")
+    m = _as_mask("nsconv2d", mask, w.shape)
     if g.shape != (w.shape[0],):
         raise ValueError(f"nsconv2d: expected gain of shape ({w.shape[0]},), received {g.shape}")
     if stats not in _nsconv.STATS:
@@ -420,7 +418,7 @@ def nsconv2d(input, weight, mask, gain, bias=None, stride=1, padding=0, groups=1
     if not eps > 0:
         raise ValueError(f"nsconv2d: eps must be > 0, received {eps}")
     _sap_policy("nsconv2d", sap_gamma, cache_policy, shared_cache)  # fail before recording
-    p = _nsconv.StandardizeParams(m.astype(bool), stats, float(eps))
+    p = _nsconv.StandardizeParams(m, stats, float(eps))
     what = apply(_nsconv.STANDARDIZE, (weight, gain), p)
     # An all-true mask (a dense model, ERK-3) runs the dense BLAS kernels: the same function,
     # several times faster than the masked kernels visiting every weight.
