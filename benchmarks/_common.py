@@ -19,7 +19,7 @@ def set_threads(n: int):
     limiter (keep a reference) and a one-line description of what runs."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from refimpl import _jit
+    from refimpl.core import _jit
 
     _jit.set_num_threads(n)
     limiter = threadpool_limits(limits=n)

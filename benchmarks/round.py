@@ -18,7 +18,7 @@ import time
 
 from _common import set_threads
 
-from models.graph import Conv, GlobalAvgPool, Linear, MaxPool, ReLU, Residual
+from refimpl.models.graph import Conv, GlobalAvgPool, Linear, MaxPool, ReLU, ResidualBlock
 from refimpl.fl.client import RoundPlan, _batches, local_train
 from refimpl.fl.config import load_config
 from refimpl.fl.data import load_fed_data
@@ -30,7 +30,7 @@ from refimpl.fl.state import GlobalState, build_model, init_state
 
 
 def torch_forward(torch, layers, p, x):
-    """The layer graph of models.graph in torch.nn.functional (NSConv: NSC-1, dense mask)."""
+    """The layer graph of refimpl.models.graph in torch.nn.functional (NSConv: NSC-1, dense mask)."""
     tf = torch.nn.functional
     for layer in layers:
         if isinstance(layer, Conv):
@@ -55,7 +55,7 @@ def torch_forward(torch, layers, p, x):
             x = tf.max_pool2d(x, layer.kernel, layer.stride)
         elif isinstance(layer, GlobalAvgPool):
             x = x.mean(dim=(2, 3))
-        elif isinstance(layer, Residual):
+        elif isinstance(layer, ResidualBlock):
             body = torch_forward(torch, layer.body, p, x)
             short = torch_forward(torch, layer.shortcut, p, x) if layer.shortcut else x
             x = tf.relu(body + short) if layer.relu else body + short

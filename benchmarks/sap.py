@@ -5,7 +5,7 @@ Reference layer: x (32, 16, 16, 16) float32, w (32, 16, 3, 3), padding 1, stride
 ReLU output (half exact zeros, as the SAP input of every conv after the stem), or ``--input
 normal``. Every figure is timed in this process against the forward, interleaved rep by rep
 (so machine load hits both alike); ratios use the best of ``--reps`` runs, medians are shown
-too. Thread counts are explicit: numba via refimpl._jit.set_num_threads, BLAS via
+too. Thread counts are explicit: numba via refimpl.core._jit.set_num_threads, BLAS via
 threadpoolctl. The first call of every kernel (numba compilation) is excluded.
 
     python benchmarks/sap.py [--threads 1] [--reps 60] [--input relu|normal]
@@ -19,7 +19,7 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from refimpl import _jit
+from refimpl.core import _jit
 from refimpl import functional as F
 from refimpl import sap as S
 from refimpl.kernels import cache as K

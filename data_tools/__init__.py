@@ -1,20 +1,6 @@
-"""Datasets and client partitions for the FedMef reference implementation (SPEC §10).
+"""Public name of the data tools: everything here is :mod:`refimpl.data` (kept so that
+``import data_tools; data_tools.load_dataset(...)`` works as documented). It imports downward
+only."""
 
-- :func:`load_dataset` (names: fashion-mnist, fashion-mnist-bundled, mnist, mnist-pureml,
-  cifar10, digits, synthetic) returns a :class:`Dataset`: uint8 NCHW images, int64 labels.
-- :func:`partition` (iid, dirichlet, pathological; DATA-1) returns per-client sorted int64 index
-  arrays; :func:`partition_report` / :func:`format_report` / :func:`save_heatmap` record them
-  (DATA-2).
-
-The whole package imports with NumPy alone; matplotlib, numcodecs and scikit-learn are used
-only by the functions that need them. See docs/data.md.
-"""
-
-from .dataset import DataFileError, Dataset, channel_stats, content_keys
-from .loaders import DATASETS, load_dataset
-from .partitioners import METHODS, PartitionInfo, partition, partition_with_info
-from .report import format_report, partition_hash, partition_report, save_heatmap
-
-__all__ = ["Dataset", "DataFileError", "DATASETS", "METHODS", "PartitionInfo", "channel_stats",
-           "content_keys", "format_report", "load_dataset", "partition", "partition_hash",
-           "partition_report", "partition_with_info", "save_heatmap"]
+from refimpl.data import *  # noqa: F403
+from refimpl.data import __all__  # noqa: F401

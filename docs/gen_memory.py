@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import models
+from refimpl import models
 from refimpl import memory as M
 
 OUT = Path(__file__).with_name("memory.md")

@@ -8,7 +8,7 @@ import sys
 
 #: Modules that add sub-commands (``fedmef partition``, ``memory``, ``run``, ``compare``, ...).
 _COMMAND_MODULES = (
-    "data_tools.cli",
+    "refimpl.data.cli",
     "refimpl.memory_cli",
     "refimpl.fl.cli",
     "refimpl.conformance.cli",
@@ -16,7 +16,7 @@ _COMMAND_MODULES = (
 
 
 def _cmd_models(args) -> int:
-    import models
+    from . import models
 
     print(f"input {args.in_channels} channels, {args.classes} classes; 'prunable' counts the "
           f"conv and linear weights (MASK-1), 'layers' the prunable tensors")
@@ -30,7 +30,7 @@ def _cmd_models(args) -> int:
 
 
 def models_norms() -> tuple[str, ...]:
-    from models import NORMS
+    from .models import NORMS
 
     return NORMS
 

@@ -1,6 +1,6 @@
 """The public functional API (stable; auditors and cross-checkers script against it).
 
-Each function takes NumPy arrays or traced :class:`refimpl.tape.Var` values. Called outside a
+Each function takes NumPy arrays or traced :class:`refimpl.core.tape.Var` values. Called outside a
 trace (no Var argument) it returns a plain ``numpy.ndarray``; inside a trace (see
 :func:`refimpl.vjp`) it records one primitive on the tape and returns a Var.
 
@@ -24,7 +24,7 @@ from .ops import reduce as _reduce
 from .ops import shape as _shape
 from .ops.common import check_float, check_ndim, pair
 from .sap import SapPolicy, SharedCache
-from .tape import Var, apply, value_of
+from .core.tape import Var, apply, value_of
 
 __all__ = [
     "conv2d",

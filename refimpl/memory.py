@@ -1,6 +1,6 @@
 """The analytic memory ledger (SPEC §5: MEM-1..MEM-4).
 
-:func:`ledger` walks a model's layer graph (``models.graph``) with shapes alone, never running
+:func:`ledger` walks a model's layer graph (``refimpl.models.graph``) with shapes alone, never running
 the model, and lists per layer and category the bytes a training step holds. The activation
 cache it predicts is exactly what ``Tape.residual_nbytes()`` measures after the forward pass of
 ``models.forward`` on a tape whose parameters are leaves (MEM-2), because it mirrors the residual
@@ -96,7 +96,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def _model(model, input_shape, num_classes, norm, width, dtype):
-    import models  # the zoo lives beside refimpl; imported here to keep refimpl importable alone
+    from . import models
 
     if isinstance(model, str):
         dt = np.dtype(np.float32 if dtype is None else dtype)
@@ -108,7 +108,7 @@ def _model(model, input_shape, num_classes, norm, width, dtype):
 
 
 class _Walker:
-    """Shape-only twin of ``models.graph._run``: one row per layer."""
+    """Shape-only twin of ``refimpl.models.graph._run``: one row per layer."""
 
     def __init__(self, itemsize, policy, nnz, momentum, sparse):
         self.s, self.policy = itemsize, policy
@@ -189,7 +189,7 @@ class _Walker:
         """Walk ``layers`` from ``shape``; ``traced``: whether the activation is a tape value
         (the data batch is not; everything after a conv or linear is). Returns (shape, traced).
         ``shared_with``: name of the conv whose input cache the first layer here shares."""
-        import models.graph as G
+        from .models import graph as G
 
         for i, layer in enumerate(layers):
             if isinstance(layer, G.Conv):
@@ -212,7 +212,7 @@ class _Walker:
                 out = tuple(shape[:2])
                 self.row("avgpool", "avgpool", shape, out, norm=None)
                 shape = out
-            elif isinstance(layer, G.Residual):
+            elif isinstance(layer, G.ResidualBlock):
                 block = layer.body[0].name.rsplit(".", 1)[0] if layer.body else self.last
                 share = G.shares_input_cache(layer)
                 body, t_body = self.run(layer.body, shape, traced)

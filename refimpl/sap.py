@@ -36,9 +36,9 @@ from fractions import Fraction
 
 import numpy as np
 
-from ._jit import JIT_ENABLED
+from .core._jit import JIT_ENABLED
 from .kernels import cache as K
-from .tape import Residual
+from .core.tape import Residual
 
 __all__ = ["FORMATS", "COMPAT_FORMATS", "POLICIES", "SapPolicy", "ActivationCache", "SharedCache",
            "exact_gamma", "keep_count", "index_dtype", "format_nbytes", "choose_format",

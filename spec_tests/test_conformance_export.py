@@ -25,7 +25,7 @@ from refimpl.fl.config import ConfigError
 from refimpl.fl.engine import run_round
 from refimpl.fl.runner import _threads
 from refimpl.fl.server import sample_clients
-from refimpl.rng import Purpose, stream
+from refimpl.core.rng import Purpose, stream
 from refimpl.sap import format_nbytes, keep_count
 
 from .conformance_dump import exported, load_step

@@ -10,8 +10,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from data_tools import DataFileError, load_dataset
-from data_tools import cifar as C
+from refimpl.data import DataFileError, load_dataset
+from refimpl.data import cifar as C
 
 BATCHES = C.TRAIN_BATCHES + C.TEST_BATCHES
 

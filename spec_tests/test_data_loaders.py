@@ -14,11 +14,11 @@ import zipfile
 import numpy as np
 import pytest
 
-import data_tools
-from data_tools import DataFileError, load_dataset
-from data_tools import bundled as B
-from data_tools import mnist as M
-from refimpl.rng import Purpose
+from refimpl import data as data_tools
+from refimpl.data import DataFileError, load_dataset
+from refimpl.data import bundled as B
+from refimpl.data import mnist as M
+from refimpl.core.rng import Purpose
 
 FMNIST_HINT = "apt-get install dataset-fashion-mnist"
 
@@ -54,7 +54,7 @@ def write_idx_dir(d, arrays, gz=("train_images", "test_labels"), dotted=False):
 
 def test_idx_round_trip_and_layout(tmp_path):
     """IDX reader/writer agree with the format description for every IDX type."""
-    from data_tools import idx
+    from refimpl.data import idx
 
     rng = np.random.default_rng(0)
     for dt in ("u1", "i1", ">i2", ">i4", ">f4", ">f8"):
@@ -306,7 +306,7 @@ def test_content_keys_follow_content_not_position():
 
 def test_synthetic_is_seeded_balanced_and_learnable(monkeypatch):
     """RNG-1: only DATA_SYNTH streams; same seed, same bytes; classes separable."""
-    import data_tools.small as S
+    import refimpl.data.small as S
 
     seen = []
     real = S.stream

@@ -14,9 +14,9 @@ import zlib
 import numpy as np
 import pytest
 
-from data_tools import bundled as B
-from data_tools import load_dataset, make_bundled, partition, partition_report
-from data_tools import mnist as M
+from refimpl.data import bundled as B
+from refimpl.data import load_dataset, make_bundled, partition, partition_report
+from refimpl.data import mnist as M
 
 
 @pytest.fixture(scope="module")

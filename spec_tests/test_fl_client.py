@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-import models
+from refimpl import models
 from refimpl import functional as F
 from refimpl.fl.client import RoundPlan, _batches, growth_scores, local_train, num_iterations
 from refimpl.fl.config import load_config
@@ -95,7 +95,7 @@ def test_growth_scores_are_dense_effective_kernel_gradients(norm):
     up = growth_scores(model, st.params, st.masks, data, client, plan, cfg)
 
     eff, eff_params = effective_model(model, st.params, st.masks, cfg.model.nsconv_stats)
-    from refimpl.rng import Purpose, stream
+    from refimpl.core.rng import Purpose, stream
     idx_all = data.parts[client]
     order = stream(cfg.run.seed, Purpose.GROW, 1, client).permutation(idx_all.size)
     idx = idx_all[order[:cfg.train.batch_size]]
@@ -133,7 +133,7 @@ def test_growth_scores_are_dense_effective_kernel_gradients(norm):
 
 
 def _full_scores(eff, eff_params, names, xb, yb, cfg):
-    from refimpl.autodiff import grad
+    from refimpl.core.autodiff import grad
 
     const = {k: v for k, v in eff_params.items() if k not in names}
     opts = run_options(cfg, None)

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from refimpl import _jit
+from refimpl.core import _jit
 from refimpl import functional as F
 from refimpl.kernels import conv as K
 from refimpl.kernels import masked_conv as MK
@@ -106,7 +106,7 @@ _AGREEMENT_SCRIPT = textwrap.dedent("""
     import sys
     {prelude}
     import numpy as np
-    from refimpl import _jit
+    from refimpl.core import _jit
     from refimpl.kernels import conv as K, masked_conv as MK
     print("JIT_ENABLED", _jit.JIT_ENABLED, "HAVE_NUMBA", _jit.HAVE_NUMBA)
     rng = np.random.default_rng(0)

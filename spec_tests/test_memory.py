@@ -11,12 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import models
+from refimpl import models
 from refimpl import functional as F
 from refimpl import memory as M
 from refimpl import sparsity
 from refimpl.cli import main as cli_main
-from refimpl.tape import Tape
+from refimpl.core.tape import Tape
 
 GAMMAS = (0.0, 0.5, 0.7, 0.9)
 POLICIES = ("dense", "bitmap", "index", "auto")

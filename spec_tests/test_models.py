@@ -5,7 +5,7 @@ norm variant, dense and masked; every model runs forward and backward on inputs 
 import numpy as np
 import pytest
 
-import models
+from refimpl import models
 import refimpl
 from refimpl import functional as F
 from refimpl import sparsity as S

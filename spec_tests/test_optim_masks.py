@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from refimpl.optim import SGD
+from refimpl.core.optim import SGD
 
 shapes = hnp.array_shapes(min_dims=1, max_dims=4, max_side=4)
 

@@ -11,12 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import models
+from refimpl import models
 import refimpl
 import refimpl.ops.conv as conv_ops
 from refimpl import functional as F
 from refimpl import sap as S
-from refimpl.tape import Tape
+from refimpl.core.tape import Tape
 
 GAMMAS = ("0.0", "0.3", "0.5", "0.7", "0.9")
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import models
+from refimpl import models
 import refimpl
 from refimpl import functional as F
 from refimpl import sap as S

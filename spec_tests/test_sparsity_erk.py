@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import models
+from refimpl import models
 from refimpl import sparsity as S
 
 conv_shape = st.tuples(st.integers(1, 64), st.integers(1, 32), st.sampled_from([1, 3, 5]),

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import refimpl
 from refimpl import functional as F
-from refimpl.tape import Primitive, Residual, Tape, apply
+from refimpl.core.tape import Primitive, Residual, Tape, apply
 
 
 @given(st.integers(1, 5), st.integers(1, 6), st.integers(0, 2**31 - 1))

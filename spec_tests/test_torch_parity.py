@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import refimpl
 from refimpl import functional as F
-from refimpl.optim import SGD
+from refimpl.core.optim import SGD
 
 from .inputs import away_from_zero, distinct, smooth
 from .strategies import broadcast_pair, conv_case, conv_kwargs, pool_case, seeds

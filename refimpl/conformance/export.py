@@ -15,7 +15,7 @@ import refimpl
 
 from ..fl.engine import run_round
 from ..fl.runner import _threads
-from ..rng import Purpose
+from ..core.rng import Purpose
 from . import scenario
 from .dump import FORMAT, write_dump
 from .quantities import manifest_table

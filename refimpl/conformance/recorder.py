@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-import models
-from models.graph import Conv, GlobalAvgPool, Linear, MaxPool, ReLU
+from .. import models
+from ..models.graph import Conv, GlobalAvgPool, Linear, MaxPool, ReLU
 
 from .. import sap
 from ..fl.nets import effective_model

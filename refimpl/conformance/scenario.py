@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import models
-from models.graph import Conv, GlobalAvgPool, Linear, MaxPool, ReLU, Residual
+from .. import models
+from ..models.graph import Conv, GlobalAvgPool, Linear, MaxPool, ReLU, ResidualBlock
 
 from ..fl.config import Config, config_from_dict, parse_set
 from ..fl.data import FedData, load_fed_data
@@ -68,7 +68,7 @@ def build(cfg: Config) -> tuple[FedData, models.Model, GlobalState]:
     (FL-1, ERK-3)."""
     data = load_fed_data(cfg)
     model = build_model(cfg, data.input_shape[0], data.num_classes)
-    if any(isinstance(layer, Residual) for layer in model.layers):
+    if any(isinstance(layer, ResidualBlock) for layer in model.layers):
         raise ValueError(f"the conformance recorder handles plain layer chains; model "
                          f"{cfg.model.name!r} has residual blocks")
     return data, model, init_state(cfg, model)

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-import models
+from .. import models
 
 from .. import functional as F
-from ..autodiff import value_and_grad
-from ..optim import SGD
-from ..rng import Purpose, stream
+from ..core.autodiff import value_and_grad
+from ..core.optim import SGD
+from ..core.rng import Purpose, stream
 from ..sparsity import k_largest
 from . import bae
 from .config import Config

@@ -54,7 +54,7 @@ class RunSection:
 
 @dataclass(frozen=True)
 class DataSection:
-    dataset: str = _key("fashion-mnist-bundled", "data_tools.load_dataset name")
+    dataset: str = _key("fashion-mnist-bundled", "refimpl.data.load_dataset name")
     root: str = _key("", "data directory for datasets read from disk (empty: the default)")
     num_clients: int = _key(100, "number of clients K", lo=1)
     partition: str = _key("dirichlet", "partitioner (DATA-1)",
@@ -290,7 +290,7 @@ def _resolve(cfg: Config) -> Config:
         from ..sparsity import exact_fraction
 
         exact_fraction(cfg.sparse.density)  # CONV-6: the decimal as written must be exact
-    import models
+    from .. import models
 
     if cfg.model.name not in models.names():
         raise ConfigError(f"model.name {cfg.model.name!r} is not in the zoo; valid models: "

@@ -61,7 +61,7 @@ def _channel_stats(ds, dtype) -> tuple[np.ndarray, np.ndarray]:
 def load_fed_data(cfg: Config) -> FedData:
     """Load ``data.dataset``, partition its training labels over ``data.num_clients`` clients
     (DATA-1, stream PARTITION via ``run.seed``) and build the partition report (DATA-2)."""
-    import data_tools
+    from .. import data as data_tools
 
     d = cfg.data
     kw = {}

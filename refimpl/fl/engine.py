@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import models
+from .. import models
 
 from ..sparsity import adjust_counts, marked_set
 from . import bae

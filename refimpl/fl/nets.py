@@ -8,12 +8,12 @@ import dataclasses
 
 import numpy as np
 
-import models
-from models.graph import Conv, Residual
+from .. import models
+from ..models.graph import Conv, ResidualBlock
 
 from .. import functional as F
 from ..ops import nsconv as _nsconv
-from ..tape import apply
+from ..core.tape import apply
 from .config import Config
 
 __all__ = ["run_options", "effective_model", "evaluate", "NSCONV_EPS"]
@@ -44,7 +44,7 @@ def _plain_layers(layers):
     for layer in layers:
         if isinstance(layer, Conv) and layer.norm == "nsconv":
             out.append(dataclasses.replace(layer, norm="none"))
-        elif isinstance(layer, Residual):
+        elif isinstance(layer, ResidualBlock):
             out.append(dataclasses.replace(layer, body=_plain_layers(layer.body),
                                            shortcut=_plain_layers(layer.shortcut)))
         else:

@@ -121,7 +121,7 @@ def _restore(out: Path, config_sha: str, model, cfg: Config, log) -> GlobalState
 
 
 def _write_partition(out: Path, data, plots: bool) -> None:
-    import data_tools
+    from .. import data as data_tools
 
     atomic_write_text(out / "partition.json", json.dumps(_jsonable(data.report), indent=1) + "\n")
     atomic_write_text(out / "partition.txt", data_tools.format_report(data.report) + "\n")
@@ -172,7 +172,7 @@ def _postfix(rec: dict, acc) -> dict:
 @contextmanager
 def _threads(n: int):
     """Run with ``n`` Numba threads (0: unchanged), restoring the previous count after."""
-    from .. import _jit
+    from ..core import _jit
 
     if n == 0 or not _jit.JIT_ENABLED:
         yield

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from ..rng import Purpose, stream
+from ..core.rng import Purpose, stream
 from ..sparsity import adjust
 from .client import ClientUpdate
 

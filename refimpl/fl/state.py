@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import models
+from .. import models
 
-from ..rng import Purpose, stream
+from ..core.rng import Purpose, stream
 from ..sparsity import layer_counts, random_masks
 from .config import Config
 

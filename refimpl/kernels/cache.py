@@ -26,7 +26,7 @@ Selection in linear time, without sorting:
 - ``np``: ``np.partition`` for t, then |x| > t plus the first ties from ``flatnonzero``.
 
 Every kernel is a plain loop function (the C-shaped oracle, run interpreted as ``naive``)
-compiled by :func:`refimpl._jit.njit` (``jit``); the vectorised NumPy twin (``np``) is the
+compiled by :func:`refimpl.core._jit.njit` (``jit``); the vectorised NumPy twin (``np``) is the
 independent oracle. Loops are sequential: a kept value's output position is a prefix count,
 and each pass is memory-bound. Values are copied, never computed on, so -0.0 survives (CACHE-3).
 Kernels return a count (or a negative code on inconsistent buffers) that the wrappers check;
@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._jit import njit
+from ..core._jit import njit
 
 __all__ = ["IMPLS", "keep_bits", "unpack", "masked_copy", "compact", "decode_bitmap",
            "decode_index"]

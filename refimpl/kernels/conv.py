@@ -4,7 +4,7 @@ Three implementations of each, behind one dispatch (``impl``):
 
 - ``naive``: plain Python loop functions, C-shaped (explicit ``out`` buffers, explicit bounds,
   no allocation inside): the oracle. Slow; for tests on tiny shapes.
-- ``jit``: the *same* loop functions compiled by Numba (``refimpl._jit.njit``); parallel over
+- ``jit``: the *same* loop functions compiled by Numba (``refimpl.core._jit.njit``); parallel over
   the batch (forward, input gradient) or over output channels (weight gradient), so every
   ``prange`` iteration writes its own slice.
 - ``np``: vectorised NumPy: im2col as one strided copy, a BLAS matmul, and col2im as
@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from .._jit import njit, prange
+from ..core._jit import njit, prange
 
 __all__ = ["IMPLS", "DEFAULT_IMPL", "conv2d_output_shape", "conv2d_forward", "conv2d_grad_input",
            "conv2d_grad_weight"]

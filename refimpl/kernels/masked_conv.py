@@ -2,7 +2,7 @@
 active weights of a mask (SPEC §2 MASK-1, MASK-3; issue "sparse training core").
 
 Each kernel is one plain Python loop function (C-shaped: explicit buffers, explicit bounds), run
-through :func:`refimpl._jit.njit`; the undecorated function is its interpreted twin (``_naive``),
+through :func:`refimpl.core._jit.njit`; the undecorated function is its interpreted twin (``_naive``),
 and the dense kernels of :mod:`refimpl.kernels.conv` applied to ``W ⊙ M`` are the oracle.
 
 Compressed weight layout (built by :func:`compress`), a CSR over output channels:
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._jit import njit, prange
+from ..core._jit import njit, prange
 
 
 def compress(w: np.ndarray, mask: np.ndarray):

@@ -1,5 +1,5 @@
 """Max-pooling kernels (SPEC CONV-5, SAP-4): plain loop functions, C-shaped (explicit output
-buffers, explicit bounds), compiled by :func:`refimpl._jit.njit` and parallel over the batch
+buffers, explicit bounds), compiled by :func:`refimpl.core._jit.njit` and parallel over the batch
 (each ``prange`` iteration writes its own sample). The vectorised NumPy code in
 :mod:`refimpl.ops.pool` computes the same function and is their oracle in the tests.
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._jit import njit, prange
+from ..core._jit import njit, prange
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward"]
 

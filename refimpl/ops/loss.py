@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..tape import Primitive, Residual
+from ..core.tape import Primitive, Residual
 
 
 @dataclass(frozen=True, eq=False)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..tape import Primitive, Residual
+from ..core.tape import Primitive, Residual
 
 STATS = ("dense", "masked")
 

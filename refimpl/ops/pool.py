@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import _jit
+from ..core import _jit
 from ..kernels import pool as PK
-from ..tape import Primitive, Residual
+from ..core.tape import Primitive, Residual
 
 
 @dataclass(frozen=True)

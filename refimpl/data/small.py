@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from refimpl.rng import Purpose, stream
+from ..core.rng import Purpose, stream
 
 from .dataset import Dataset
 

@@ -1,11 +1,11 @@
 """Regenerate the bundled Fashion-MNIST subset from the official IDX files (SPEC DATA, issue 5).
 
-    python -m data_tools.make_bundled            # rewrite bundled/fashion_mnist_subset.npz
-    python -m data_tools.make_bundled --check    # exit 1 unless the committed file is reproduced
+    python -m refimpl.data.make_bundled            # rewrite bundled/fashion_mnist_subset.npz
+    python -m refimpl.data.make_bundled --check    # exit 1 unless the committed file is reproduced
 
 The source is Debian's ``dataset-fashion-mnist`` (``apt-get install dataset-fashion-mnist``) or
 ``--root DIR`` with the four official IDX files; their checksums are verified before use. The
-output bytes depend only on those files and on zlib (see :func:`data_tools.bundled.npz_bytes`).
+output bytes depend only on those files and on zlib (see :func:`refimpl.data.bundled.npz_bytes`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def regenerate(root=None) -> tuple[bytes, str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m data_tools.make_bundled", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m refimpl.data.make_bundled", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", help="directory with the four Fashion-MNIST IDX files "
                                    "(default: Debian's /usr/share/datasets/fashion-mnist)")
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     sha = hashlib.sha256(data).hexdigest()
     print(f"subset: {len(data):,} bytes, file sha256 {sha}, content sha256 {content}")
     if content != CONTENT_SHA256:
-        print(f"note: content sha256 differs from data_tools.bundled.CONTENT_SHA256 "
+        print(f"note: content sha256 differs from refimpl.data.bundled.CONTENT_SHA256 "
               f"({CONTENT_SHA256}); update it if the subset rule changed on purpose")
     if args.check:
         old = args.out.read_bytes() if args.out.is_file() else b""

@@ -38,7 +38,7 @@ def partition_report(labels, parts, num_classes: int, info=None) -> dict:
     Returns a JSON-ready dict: num_clients, num_classes, num_samples, sizes (K ints),
     histograms (K lists of num_classes ints), classes_per_client, disjoint, complete (every
     index exactly once), summary (size and skew statistics), hash (DATA-2), and ``partition``
-    (``info.as_dict()`` when a :class:`~data_tools.partitioners.PartitionInfo` is given).
+    (``info.as_dict()`` when a :class:`~refimpl.data.partitioners.PartitionInfo` is given).
     Label skew is the mean total-variation distance between a client's label distribution and
     the whole dataset's (0 = iid proportions, 1 = disjoint supports); empty clients are skipped.
     """

@@ -1,11 +1,11 @@
 """The bundled default: a balanced, deterministic subset of Fashion-MNIST shipped in the
-repository (``data_tools/bundled/fashion_mnist_subset.npz``, MIT license, see the LICENSE text
+repository (``refimpl/data/bundled/fashion_mnist_subset.npz``, MIT license, see the LICENSE text
 beside it), so the main job runs on a machine without apt or network.
 
 Subset rule (no randomness): for each class, the first 1,000 training and the first 200 test
 images in the official files' order; the kept images stay in that order. The ``.npz`` is written
 by :func:`npz_bytes`, a zip with fixed timestamps and attributes, so regenerating it from the
-official files (``python -m data_tools.make_bundled``) reproduces the committed bytes exactly.
+official files (``python -m refimpl.data.make_bundled``) reproduces the committed bytes exactly.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ MEMBERS = ("x_train", "y_train", "x_test", "y_test", "index_train", "index_test"
 #: sha256 over the uncompressed members (see :func:`content_sha256`); checked on every load.
 CONTENT_SHA256 = "2e207102337641d0248d45e079d56ace31fd12dead62f8c4c927eba60e8b3121"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-HINT = ("Restore it with `git checkout -- data_tools/bundled/` or regenerate it with "
-        "`python -m data_tools.make_bundled` (needs `apt-get install dataset-fashion-mnist`).")
+HINT = ("Restore it with `git checkout -- refimpl/data/bundled/` or regenerate it with "
+        "`python -m refimpl.data.make_bundled` (needs `apt-get install dataset-fashion-mnist`).")
 
 
 def select_balanced(labels: np.ndarray, per_class: int, num_classes: int) -> np.ndarray:

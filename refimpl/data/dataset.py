@@ -52,7 +52,7 @@ def content_keys(images: np.ndarray) -> np.ndarray:
     """A content key per sample: the first 8 bytes of BLAKE2b over the sample's bytes, as uint64.
 
     ``images`` is any array whose first axis indexes samples (uint8 (N, C, H, W) for a Dataset).
-    Returns uint64 (N,). Passing these as ``keys`` to :func:`data_tools.partition` makes the
+    Returns uint64 (N,). Passing these as ``keys`` to :func:`refimpl.data.partition` makes the
     partition independent of the dataset's order (DATA-1): identical samples get identical keys
     and are interchangeable.
     """

@@ -5,7 +5,7 @@ Layers (all frozen records):
 - :class:`Conv`: a conv unit. ``norm`` says what follows the convolution: ``"none"``, ``"bn"``
   (BatchNorm2d; baselines only) or ``"nsconv"`` (weight-standardised sparse conv, SPEC §3).
 - :class:`Linear`, :class:`ReLU`, :class:`MaxPool`, :class:`GlobalAvgPool`.
-- :class:`Residual`: ``body(x) + shortcut(x)``, then a ReLU when ``relu`` is set; an empty
+- :class:`ResidualBlock`: ``body(x) + shortcut(x)``, then a ReLU when ``relu`` is set; an empty
   shortcut is the identity. The body's first conv and a projection shortcut read the same input.
 
 Parameter names: ``{layer}.weight``, ``{layer}.bias``, ``{layer}.gain`` (NSConv),
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from refimpl import functional as F
-from refimpl.sap import POLICIES, SapPolicy, SharedCache
+from .. import functional as F
+from ..sap import POLICIES, SapPolicy, SharedCache
 
 NORMS = ("nsconv", "bn", "none")
 
@@ -72,7 +72,7 @@ class GlobalAvgPool:
 
 
 @dataclass(frozen=True)
-class Residual:
+class ResidualBlock:
     body: tuple
     shortcut: tuple = ()
     relu: bool = True
@@ -132,7 +132,7 @@ class Model:
 def iter_layers(layers):
     """All layers in execution order, descending into residual blocks (body, then shortcut)."""
     for layer in layers:
-        if isinstance(layer, Residual):
+        if isinstance(layer, ResidualBlock):
             yield from iter_layers(layer.body)
             yield from iter_layers(layer.shortcut)
         else:
@@ -205,7 +205,7 @@ def _conv(layer: Conv, model, params, h, train, opts, shared=None):
     return h
 
 
-def shares_input_cache(block: Residual) -> bool:
+def shares_input_cache(block: ResidualBlock) -> bool:
     """SAP-1: a block whose body and projection shortcut both start with a conv reads its input
     into two convs; they hold one cache of it."""
     return bool(block.body and block.shortcut and isinstance(block.body[0], Conv)
@@ -228,7 +228,7 @@ def _run(layers, model, params, h, train, opts, shared=None):
             h = F.max_pool2d(h, layer.kernel, layer.stride)
         elif isinstance(layer, GlobalAvgPool):
             h = F.global_avg_pool2d(h)
-        elif isinstance(layer, Residual):
+        elif isinstance(layer, ResidualBlock):
             slot = SharedCache() if opts.sap_active and shares_input_cache(layer) else None
             body = _run(layer.body, model, params, h, train, opts, slot)
             short = _run(layer.shortcut, model, params, h, train, opts, slot) if layer.shortcut \
