@@ -18,7 +18,6 @@ import time
 
 from _common import set_threads
 
-from refimpl.models.graph import Conv, GlobalAvgPool, Linear, MaxPool, ReLU, ResidualBlock
 from refimpl.fl.client import RoundPlan, _batches, local_train
 from refimpl.fl.config import load_config
 from refimpl.fl.data import load_fed_data
@@ -27,6 +26,7 @@ from refimpl.fl.nets import NSCONV_EPS
 from refimpl.fl.schedule import is_extrusion, learning_rate
 from refimpl.fl.server import sample_clients
 from refimpl.fl.state import GlobalState, build_model, init_state
+from refimpl.models.graph import Conv, GlobalAvgPool, Linear, MaxPool, ReLU, ResidualBlock
 
 
 def torch_forward(torch, layers, p, x):

@@ -19,9 +19,9 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from refimpl.core import _jit
 from refimpl import functional as F
 from refimpl import sap as S
+from refimpl.core import _jit
 from refimpl.kernels import cache as K
 
 GAMMAS = (0.5, 0.7, 0.9)

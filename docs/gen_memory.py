@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from refimpl import models
 from refimpl import memory as M
+from refimpl import models
 
 OUT = Path(__file__).with_name("memory.md")
 MODELS = ("resnet18", "mobilenetv2")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .core.tape import Var, apply, value_of
 from .ops import conv as _conv
 from .ops import elementwise as _ew
 from .ops import loss as _loss
@@ -24,7 +25,6 @@ from .ops import reduce as _reduce
 from .ops import shape as _shape
 from .ops.common import check_float, check_ndim, pair
 from .sap import SapPolicy, SharedCache
-from .core.tape import Var, apply, value_of
 
 __all__ = [
     "conv2d",

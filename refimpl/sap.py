@@ -37,8 +37,8 @@ from fractions import Fraction
 import numpy as np
 
 from .core._jit import JIT_ENABLED
-from .kernels import cache as K
 from .core.tape import Residual
+from .kernels import cache as K
 
 __all__ = ["FORMATS", "COMPAT_FORMATS", "POLICIES", "SapPolicy", "ActivationCache", "SharedCache",
            "exact_gamma", "keep_count", "index_dtype", "format_nbytes", "choose_format",

@@ -21,11 +21,11 @@ from refimpl.conformance.dump import Dump, DumpError
 from refimpl.conformance.export import export
 from refimpl.conformance.quantities import QUANTITIES
 from refimpl.conformance.recorder import Recorder
+from refimpl.core.rng import Purpose, stream
 from refimpl.fl.config import ConfigError
 from refimpl.fl.engine import run_round
 from refimpl.fl.runner import _threads
 from refimpl.fl.server import sample_clients
-from refimpl.core.rng import Purpose, stream
 from refimpl.sap import format_nbytes, keep_count
 
 from .conformance_dump import exported, load_step

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from refimpl import data as data_tools
+from refimpl.core.rng import Purpose
 from refimpl.data import DataFileError, load_dataset
 from refimpl.data import bundled as B
 from refimpl.data import mnist as M
-from refimpl.core.rng import Purpose
 
 FMNIST_HINT = "apt-get install dataset-fashion-mnist"
 

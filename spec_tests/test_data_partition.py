@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from refimpl import data as data_tools
 import refimpl.data.partitioners as P
-from refimpl.data import partition, partition_report, partition_with_info
+from refimpl import data as data_tools
 from refimpl.core.rng import Purpose
+from refimpl.data import partition, partition_report, partition_with_info
 
 METHODS = st.sampled_from(P.METHODS)
 ALPHAS = st.floats(-2.0, 2.0).map(lambda e: float(10.0 ** e))  # 0.01 .. 100, log-uniform

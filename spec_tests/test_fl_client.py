@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from refimpl import models
 from refimpl import functional as F
+from refimpl import models
 from refimpl.fl.client import RoundPlan, _batches, growth_scores, local_train, num_iterations
 from refimpl.fl.config import load_config
 from refimpl.fl.data import load_fed_data

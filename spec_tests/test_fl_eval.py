@@ -5,8 +5,8 @@ with: the test accuracy and loss a round records are those of the aggregated mod
 
 import numpy as np
 
-from refimpl import models
 from refimpl import functional as F
+from refimpl import models
 from refimpl.fl.config import load_config
 from refimpl.fl.data import load_fed_data
 from refimpl.fl.engine import run_round

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from refimpl import functional as F
-from refimpl.ops import conv as conv_ops
 from refimpl.core.tape import Primitive, Tape, apply
+from refimpl.ops import conv as conv_ops
 
 from .gradcheck import check_vjp, dot_product_test
 from .inputs import smooth

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from refimpl.core import _jit
 from refimpl import functional as F
+from refimpl.core import _jit
 from refimpl.kernels import conv as K
 from refimpl.kernels import masked_conv as MK
 

@@ -11,10 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from refimpl import models
 from refimpl import functional as F
 from refimpl import memory as M
-from refimpl import sparsity
+from refimpl import models, sparsity
 from refimpl.cli import main as cli_main
 from refimpl.core.tape import Tape
 

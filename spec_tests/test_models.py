@@ -5,9 +5,9 @@ norm variant, dense and masked; every model runs forward and backward on inputs 
 import numpy as np
 import pytest
 
-from refimpl import models
 import refimpl
 from refimpl import functional as F
+from refimpl import models
 from refimpl import sparsity as S
 
 from .gradcheck import dot_product_test

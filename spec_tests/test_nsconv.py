@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from refimpl import models
 import refimpl
 from refimpl import functional as F
+from refimpl import models
 from refimpl.ops import nsconv as NS
 
 from .gradcheck import check_vjp

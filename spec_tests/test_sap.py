@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from refimpl import models
 import refimpl
 import refimpl.ops.conv as conv_ops
 from refimpl import functional as F
+from refimpl import models
 from refimpl import sap as S
 from refimpl.core.tape import Tape
 

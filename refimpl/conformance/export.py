@@ -13,9 +13,9 @@ import numpy as np
 
 import refimpl
 
+from ..core.rng import Purpose
 from ..fl.engine import run_round
 from ..fl.runner import _threads
-from ..core.rng import Purpose
 from . import scenario
 from .dump import FORMAT, write_dump
 from .quantities import manifest_table

@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import models
-from ..models.graph import Conv, GlobalAvgPool, Linear, MaxPool, ReLU
-
-from .. import sap
+from .. import models, sap
 from ..fl.nets import effective_model
 from ..fl.observe import LocalStep, Observer
+from ..models.graph import Conv, GlobalAvgPool, Linear, MaxPool, ReLU
 from .quantities import QUANTITIES
 
 __all__ = ["Step", "Recorder", "FORMAT_CODES"]

@@ -18,11 +18,10 @@ from __future__ import annotations
 import dataclasses
 
 from .. import models
-from ..models.graph import Conv, GlobalAvgPool, Linear, MaxPool, ReLU, ResidualBlock
-
 from ..fl.config import Config, config_from_dict, parse_set
 from ..fl.data import FedData, load_fed_data
 from ..fl.state import GlobalState, build_model, init_state
+from ..models.graph import Conv, GlobalAvgPool, Linear, MaxPool, ReLU, ResidualBlock
 
 __all__ = ["NAME", "ROUNDS_RUN", "BASE", "scenario_config", "build", "architecture"]
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.rng import Purpose, stream
-
 from .dataset import Dataset
 
 __all__ = ["load_digits", "make_synthetic", "DIGITS_TEST_EVERY"]

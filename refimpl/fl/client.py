@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import models
-
 from .. import functional as F
+from .. import models
 from ..core.autodiff import value_and_grad
 from ..core.optim import SGD
 from ..core.rng import Purpose, stream

@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 
 from .. import models
-
 from ..sparsity import adjust_counts, marked_set
 from . import bae
 from .client import RoundPlan, local_train

@@ -8,12 +8,11 @@ import dataclasses
 
 import numpy as np
 
-from .. import models
-from ..models.graph import Conv, ResidualBlock
-
 from .. import functional as F
-from ..ops import nsconv as _nsconv
+from .. import models
 from ..core.tape import apply
+from ..models.graph import Conv, ResidualBlock
+from ..ops import nsconv as _nsconv
 from .config import Config
 
 __all__ = ["run_options", "effective_model", "evaluate", "NSCONV_EPS"]

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import models
-
 from ..core.rng import Purpose, stream
 from ..sparsity import layer_counts, random_masks
 from .config import Config

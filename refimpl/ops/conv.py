@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core._jit import JIT_ENABLED
+from ..core.tape import Primitive, Residual
 from ..kernels import conv as K
 from ..kernels import masked_conv as MK
 from ..sap import ActivationCache, SapPolicy, SharedCache, decode, prune_and_encode
-from ..core.tape import Primitive, Residual
 
 
 @dataclass(frozen=True, eq=False)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core import _jit
-from ..kernels import pool as PK
 from ..core.tape import Primitive, Residual
+from ..kernels import pool as PK
 
 
 @dataclass(frozen=True)
