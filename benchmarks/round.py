@@ -30,7 +30,8 @@ from refimpl.models.graph import Conv, GlobalAvgPool, Linear, MaxPool, ReLU, Res
 
 
 def torch_forward(torch, layers, p, x):
-    """The layer graph of refimpl.models.graph in torch.nn.functional (NSConv: NSC-1, dense mask)."""
+    """The layer graph of refimpl.models.graph in torch.nn.functional (NSConv: NSC-1, dense
+    mask)."""
     tf = torch.nn.functional
     for layer in layers:
         if isinstance(layer, Conv):

@@ -1,7 +1,7 @@
 """The analytic memory ledger (SPEC §5: MEM-1..MEM-4).
 
-:func:`ledger` walks a model's layer graph (``refimpl.models.graph``) with shapes alone, never running
-the model, and lists per layer and category the bytes a training step holds. The activation
+:func:`ledger` walks a model's layer graph (``refimpl.models.graph``) with shapes alone, never
+running the model, and lists per layer and category the bytes a training step holds. The activation
 cache it predicts is exactly what ``Tape.residual_nbytes()`` measures after the forward pass of
 ``models.forward`` on a tape whose parameters are leaves (MEM-2), because it mirrors the residual
 record of every primitive the interpreter calls:

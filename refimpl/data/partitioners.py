@@ -28,8 +28,9 @@ its keys) and mapping the result back gives the same partition. Without ``keys``
 original index: the per-client label histograms are still order-independent, the index sets are
 not. Samples with equal (label, key) are interchangeable and ordered by index.
 
-Randomness (RNG-1): ``refimpl.core.rng.stream(seed, Purpose.PARTITION, round=0, client=SUB, extra=E)``
-with SUB = 0 for the count draws (E = attempt number, or 0), 1 for the within-class shuffle
+Randomness (RNG-1):
+``refimpl.core.rng.stream(seed, Purpose.PARTITION, round=0, client=SUB, extra=E)`` with SUB = 0 for
+the count draws (E = attempt number, or 0), 1 for the within-class shuffle
 (E = class), 2 for the iid shuffle (E = 0).
 """
 

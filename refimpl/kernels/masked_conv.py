@@ -2,8 +2,9 @@
 active weights of a mask (SPEC §2 MASK-1, MASK-3; issue "sparse training core").
 
 Each kernel is one plain Python loop function (C-shaped: explicit buffers, explicit bounds), run
-through :func:`refimpl.core._jit.njit`; the undecorated function is its interpreted twin (``_naive``),
-and the dense kernels of :mod:`refimpl.kernels.conv` applied to ``W ⊙ M`` are the oracle.
+through :func:`refimpl.core._jit.njit`; the undecorated function is its interpreted twin
+(``_naive``), and the dense kernels of :mod:`refimpl.kernels.conv` applied to ``W ⊙ M`` are
+the oracle.
 
 Compressed weight layout (built by :func:`compress`), a CSR over output channels:
     ptr  int64 (O + 1,)   active entries of output channel o are ptr[o] .. ptr[o + 1] - 1

@@ -1,7 +1,8 @@
 """The model zoo: ``build(name, in_channels, num_classes, norm=..., width=...)``.
 
 Each builder returns a :class:`refimpl.models.graph.Model` whose layer graph is plain data (see
-:mod:`refimpl.models.graph`). Initialisation follows FL-1 with randomness from an explicit generator.
+:mod:`refimpl.models.graph`). Initialisation follows FL-1 with randomness from an explicit
+generator.
 """
 
 from __future__ import annotations
