@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["Var", "Tape", "Node", "Primitive", "Residual", "apply", "is_var", "value_of"]
+__all__ = ["Var", "Tape", "Node", "Primitive", "Residual", "apply", "value_of"]
 
 
 class Residual:
@@ -68,10 +68,16 @@ class Primitive:
 
 
 class Var:
-    """A value that needs a gradient, bound to one tape."""
+    """A value that needs a gradient, bound to one tape.
+
+    A Var has no operator sugar: arithmetic on traced values goes through
+    :mod:`refimpl.functional` (``F.add``, ``F.mul``, ``F.reshape``, ...), so this module imports
+    nothing above it (STYLE 14). Mixing a Var into NumPy arithmetic raises a TypeError instead of
+    silently building an object array.
+    """
 
     __slots__ = ("value", "tape", "id")
-    __array_priority__ = 1000  # make ``ndarray * Var`` defer to Var.__rmul__
+    __array_ufunc__ = None  # ``ndarray + Var`` raises TypeError (no silent object arrays)
 
     def __init__(self, value: np.ndarray, tape: Tape, id: int):
         self.value = value
@@ -85,39 +91,6 @@ class Var:
 
     def __repr__(self) -> str:
         return f"Var(id={self.id}, shape={self.shape}, dtype={self.dtype})"
-
-    # Operator sugar; each maps onto a registered primitive.
-    def __add__(self, other):
-        from . import functional as F
-
-        return F.add(self, other)
-
-    __radd__ = __add__
-
-    def __mul__(self, other):
-        from . import functional as F
-
-        return F.mul(self, other)
-
-    __rmul__ = __mul__
-
-    def __neg__(self):
-        from . import functional as F
-
-        return F.mul(self, -1.0)
-
-    def __sub__(self, other):
-        return self + (-other)
-
-    def __rsub__(self, other):
-        return (-self) + other
-
-    def reshape(self, *shape):
-        from . import functional as F
-
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = tuple(shape[0])
-        return F.reshape(self, shape)
 
 
 @dataclass(eq=False)
@@ -252,10 +225,6 @@ class Tape:
 
 
 _RELEASED = object()
-
-
-def is_var(x) -> bool:
-    return isinstance(x, Var)
 
 
 def value_of(x):
