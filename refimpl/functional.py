@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core.tape import Var, apply, value_of
+from .core.tape import Spec, Var, apply, value_of
+from .kernels.masked_conv import WeightMask
 from .ops import conv as _conv
 from .ops import elementwise as _ew
 from .ops import loss as _loss
@@ -43,7 +44,11 @@ __all__ = [
     "batch_norm",
     "batch_norm2d",
     "nsconv2d",
+    "NSCONV_EPS",
 ]
+
+#: ε of the NSConv standardisation (NSC-1).
+NSCONV_EPS = 1e-4
 
 
 def _as_operand(op: str, v, like):
@@ -56,54 +61,94 @@ def _as_operand(op: str, v, like):
                     f"{type(v).__name__}")
 
 
-def _as_mask(op: str, mask, w_shape) -> np.ndarray:
-    """A weight mask as a bool array of the weight's shape; masks are constants (TAPE-4)."""
+def _as_mask(op: str, mask, w_shape) -> WeightMask:
+    """A weight mask as a :class:`~refimpl.kernels.masked_conv.WeightMask` of the weight's shape.
+    Masks are constants (TAPE-4). A WeightMask passes as it is (the engine builds one per layer
+    per mask change, so its weight index is built once); an array must be bool or hold only 0
+    and 1."""
     if isinstance(mask, Var):
         raise TypeError(f"{op}: mask is a constant and cannot be a traced value")
-    m = np.asarray(mask)
-    if m.shape != w_shape:
-        raise ValueError(f"{op}: expected mask of the weight's shape {w_shape}, received "
-                         f"{m.shape}")
-    return m.astype(bool, copy=False)
+    if isinstance(mask, WeightMask):
+        m_shape = mask.shape
+    else:
+        m = np.asarray(mask)
+        m_shape = m.shape
+    if m_shape != tuple(w_shape):
+        raise ValueError(f"{op}: expected mask of the weight's shape {tuple(w_shape)}, received "
+                         f"{m_shape}")
+    if isinstance(mask, WeightMask):
+        return mask
+    if m.dtype != np.bool_:
+        if m.dtype.kind not in "biuf" or not np.all((m == 0) | (m == 1)):
+            raise ValueError(f"{op}: a mask must be bool or hold only 0 and 1, received dtype "
+                             f"{m.dtype} with other values")
+        m = m != 0
+    return WeightMask(m)
+
+
+def _as_sap(op: str, sap, shared_cache):
+    """The SAP residual policy argument (SAP-1, SAP-2, CACHE-2): a
+    :class:`refimpl.sap.SapPolicy` (built once per run with ``SapPolicy.make(gamma, policy)``)
+    or None (no SAP: the layer keeps its input). ``shared_cache``: a
+    :class:`refimpl.sap.SharedCache` given to every layer that reads this same input, so it is
+    encoded and held once (SAP-1)."""
+    if sap is not None and not isinstance(sap, SapPolicy):
+        raise TypeError(f"{op}: sap must be a refimpl.sap.SapPolicy or None (build it once with "
+                        f"SapPolicy.make(gamma, policy)), received {type(sap).__name__}")
+    if shared_cache is not None and not isinstance(shared_cache, SharedCache):
+        raise TypeError(f"{op}: shared_cache must be a refimpl.sap.SharedCache, received "
+                        f"{type(shared_cache).__name__}")
+    return sap
 
 
 # ---- bilinear ---------------------------------------------------------------------------------
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, mask=None,
-           weight_grad="masked", sap_gamma=0.0, cache_policy="dense", shared_cache=None):
+           weight_grad="masked", sap=None, shared_cache=None, relu=False):
     """2-D convolution (cross-correlation), PyTorch semantics (CONV-1).
 
     input (N, C_in, H, W); weight (C_out, C_in/groups, kH, kW); bias (C_out,) or None;
     returns (N, C_out, H_out, W_out) with H_out = floor((H + 2p - d(kH - 1) - 1) / s) + 1.
     Residuals: the input (for the weight gradient) and the weight (for the input gradient).
 
-    Keyword-only, beyond PyTorch: ``mask`` (bool or 0/1, the weight's shape) runs the masked
-    kernels that skip inactive weights; the weight must already be zero there (MASK-3), and
-    the weight gradient is zero there too unless ``weight_grad="dense"`` (growth scores, PG-5).
-    ``sap_gamma``, ``cache_policy``, ``shared_cache``: the SAP residual policy, see
-    :func:`_sap_policy` (SAP-1..3, CACHE-1..2).
+    Keyword-only, beyond PyTorch: ``mask`` (bool or 0/1 of the weight's shape, or a
+    :class:`~refimpl.kernels.masked_conv.WeightMask`) runs the masked kernels, which use only the
+    active weights: a weight off the mask is ignored on every kernel path (MASK-3), and the
+    weight gradient is zero there unless ``weight_grad="dense"`` (growth scores, PG-5).
+    ``sap``, ``shared_cache``: the SAP residual policy, see :func:`_as_sap` (SAP-1..3,
+    CACHE-1..2). ``relu=True`` fuses a ReLU: ``relu(conv2d(...))`` in one node, computed in the
+    output buffer, keeping the ReLU's bitmap (the same values and gradients as two ops).
     """
     x, w, b = value_of(input), value_of(weight), value_of(bias)
     check_float("conv2d", input=x, weight=w, bias=b)
-    sap = _sap_policy("conv2d", sap_gamma, cache_policy, shared_cache)
-    check_ndim("conv2d", "input", x, 4, "(N, C_in, H, W)")
     check_ndim("conv2d", "weight", w, 4, "(C_out, C_in/groups, kH, kW)")
-    if isinstance(padding, str):
-        raise ValueError(f"conv2d: string padding {padding!r} is not supported; give ints")
-    if not isinstance(groups, (int, np.integer)) or groups < 1:
-        raise ValueError(f"conv2d: groups must be a positive int, received {groups!r}")
-    n, c, h, wd = x.shape
-    if c % groups or w.shape[0] % groups or w.shape[1] * groups != c:
-        raise ValueError(
-            f"conv2d: expected weight of shape (C_out, {c // groups if c % groups == 0 else '?'},"
-            f" kH, kW) with C_out divisible by groups={groups} for input with {c} channels, "
-            f"received weight shape {w.shape} and input shape {x.shape}"
-        )
-    if b is not None and b.shape != (w.shape[0],):
-        raise ValueError(f"conv2d: expected bias of shape ({w.shape[0]},), received {b.shape}")
     if weight_grad not in ("masked", "dense"):
         raise ValueError(f"conv2d: weight_grad must be 'masked' or 'dense', received "
                          f"{weight_grad!r}")
     m = None if mask is None else _as_mask("conv2d", mask, w.shape)
+    return _conv2d(input, weight, bias, stride, padding, dilation, groups, m, weight_grad, sap,
+                   shared_cache, w.shape, relu=relu)
+
+
+def _conv2d(input, weight, bias, stride, padding, dilation, groups, m, weight_grad, sap,
+            shared_cache, w_shape, packed=False, relu=False):
+    """Checks shared by conv2d and nsconv2d, then the primitive. ``w_shape`` is the dense
+    weight's shape (the operand is (nnz,) when ``packed``)."""
+    x, b = value_of(input), value_of(bias)
+    sap = _as_sap("conv2d", sap, shared_cache)
+    check_ndim("conv2d", "input", x, 4, "(N, C_in, H, W)")
+    if isinstance(padding, str):
+        raise ValueError(f"conv2d: string padding {padding!r} is not supported; give ints")
+    if not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ValueError(f"conv2d: groups must be a positive int, received {groups!r}")
+    c = x.shape[1]
+    if c % groups or w_shape[0] % groups or w_shape[1] * groups != c:
+        raise ValueError(
+            f"conv2d: expected weight of shape (C_out, {c // groups if c % groups == 0 else '?'},"
+            f" kH, kW) with C_out divisible by groups={groups} for input with {c} channels, "
+            f"received weight shape {tuple(w_shape)} and input shape {x.shape}"
+        )
+    if b is not None and b.shape != (w_shape[0],):
+        raise ValueError(f"conv2d: expected bias of shape ({w_shape[0]},), received {b.shape}")
     p = _conv.ConvParams(
         pair("conv2d", "stride", stride),
         pair("conv2d", "padding", padding),
@@ -113,6 +158,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
         weight_grad=weight_grad,
         sap=sap,
         shared=shared_cache if sap is not None else None,
+        packed=packed,
+        relu=bool(relu),
     )
     if min(p.stride) < 1 or min(p.dilation) < 1 or min(p.padding) < 0:
         raise ValueError(
@@ -122,32 +169,13 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     return apply(_conv.CONV2D, (input, weight, bias), p)
 
 
-def _sap_policy(op: str, sap_gamma, cache_policy, shared_cache):
-    """The SAP residual policy of a conv/linear call (SAP-1, SAP-2, CACHE-2).
-
-    ``sap_gamma`` γ ∈ [0, 1): the cached input keeps its n_keep = numel − floor(γ·numel)
-    largest-|x| entries (exact rational γ, CONV-6); the forward always uses the full input.
-    ``cache_policy``: ``dense`` | ``bitmap`` | ``index`` | ``auto`` (smallest, ties dense >
-    bitmap > index). γ = 0 with ``dense`` (the defaults) is no SAP: the layer keeps its input.
-    ``shared_cache``: a :class:`refimpl.sap.SharedCache` given to every layer that reads this same
-    input, so it is encoded and held once (SAP-1).
-    """
-    if shared_cache is not None and not isinstance(shared_cache, SharedCache):
-        raise TypeError(f"{op}: shared_cache must be a refimpl.sap.SharedCache, received "
-                        f"{type(shared_cache).__name__}")
-    try:
-        return SapPolicy.make(sap_gamma, cache_policy)
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"{op}: {e}") from None
-
-
-def linear(input, weight, bias=None, *, sap_gamma=0.0, cache_policy="dense", shared_cache=None):
+def linear(input, weight, bias=None, *, sap=None, shared_cache=None):
     """y = input @ weight.T + bias. input (*, in), weight (out, in), bias (out,) -> (*, out).
 
     Residuals: the input (for the weight gradient; under SAP its compressed x̂ over the whole
-    tensor, see :func:`_sap_policy`) and the weight (for the input gradient)."""
+    tensor, see :func:`_as_sap`) and the weight (for the input gradient)."""
     x, w, b = value_of(input), value_of(weight), value_of(bias)
-    sap = _sap_policy("linear", sap_gamma, cache_policy, shared_cache)
+    sap = _as_sap("linear", sap, shared_cache)
     check_float("linear", input=x, weight=w, bias=b)
     check_ndim("linear", "weight", w, 2, "(out_features, in_features)")
     if x.ndim < 1 or x.shape[-1] != w.shape[1]:
@@ -365,6 +393,12 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
             raise ValueError(f"batch_norm: expected {name} of shape ({c},), received "
                              f"{np.shape(a)}")
     axes = (0,) + tuple(range(2, x.ndim))
+    if isinstance(x, Spec):  # a dry trace: shapes only, no statistics to compute
+        if training and x.size // c < 2:
+            raise ValueError(f"batch_norm: training needs more than 1 value per channel, "
+                             f"received input shape {x.shape}")
+        p = _norm.BatchNormParams(None, None, float(eps), bool(training))
+        return apply(_norm.BATCH_NORM, (input, weight, bias), p)
     if training:
         count = x.size // c
         if count < 2:
@@ -395,17 +429,17 @@ def batch_norm2d(input, running_mean, running_var, weight=None, bias=None, train
 
 # ---- NSConv -----------------------------------------------------------------------------------
 def nsconv2d(input, weight, mask, gain, bias=None, stride=1, padding=0, groups=1, stats="dense",
-             eps=1e-4, *, weight_grad="masked", sap_gamma=0.0, cache_policy="dense",
-             shared_cache=None):
+             eps=NSCONV_EPS, *, weight_grad="masked", sap=None, shared_cache=None, relu=False):
     """Normalised sparse convolution (SPEC §3): ``conv2d(input, Ŵ, bias)`` with the
     per-output-channel standardised kernel Ŵ = g ⊙ (W − μ) / sqrt(max(s²·F, ε)) ⊙ M.
 
-    weight (C_out, C_in/groups, kH, kW); mask: bool or 0/1 array of the weight's shape (a
-    constant); gain (C_out,); ``stats`` is ``"dense"`` (NSC-1) or ``"masked"`` (NSC-2).
-    Gradients reach weight and gain through the mean and variance (NSC-3). Residuals: per-channel
-    scale of the standardisation, and Ŵ kept by the convolution (a weight-sized intermediate).
-    ``sap_gamma``, ``cache_policy``, ``shared_cache``: the convolution's SAP residual policy
-    (:func:`conv2d`); SAP applies to NSConv inputs like to any conv (SAP-1).
+    weight (C_out, C_in/groups, kH, kW); mask: bool or 0/1 array of the weight's shape, or a
+    :class:`~refimpl.kernels.masked_conv.WeightMask` (a constant); gain (C_out,); ``stats`` is
+    ``"dense"`` (NSC-1) or ``"masked"`` (NSC-2). Gradients reach weight and gain through the mean
+    and variance (NSC-3). Residuals: per-channel scale of the standardisation, and Ŵ kept by the
+    convolution (an intermediate; a masked layer keeps only its nnz active values). ``sap``,
+    ``shared_cache``: the convolution's SAP residual policy (:func:`conv2d`); SAP applies to
+    NSConv inputs like to any conv (SAP-1). ``relu``: a fused ReLU, as in :func:`conv2d`.
     """
     w, g = value_of(weight), value_of(gain)
     check_float("nsconv2d", weight=w, gain=g, input=value_of(input), bias=value_of(bias))
@@ -417,12 +451,16 @@ def nsconv2d(input, weight, mask, gain, bias=None, stride=1, padding=0, groups=1
         raise ValueError(f"nsconv2d: stats must be one of {_nsconv.STATS}, received {stats!r}")
     if not eps > 0:
         raise ValueError(f"nsconv2d: eps must be > 0, received {eps}")
-    _sap_policy("nsconv2d", sap_gamma, cache_policy, shared_cache)  # fail before recording
-    p = _nsconv.StandardizeParams(m, stats, float(eps))
-    what = apply(_nsconv.STANDARDIZE, (weight, gain), p)
+    _as_sap("nsconv2d", sap, shared_cache)  # fail before recording
     # An all-true mask (a dense model, ERK-3) runs the dense BLAS kernels: the same function,
-    # several times faster than the masked kernels visiting every weight.
-    dense_mask = bool(p.mask.all())
-    return conv2d(input, what, bias, stride=stride, padding=padding, groups=groups,
-                  mask=None if dense_mask else p.mask, weight_grad=weight_grad,
-                  sap_gamma=sap_gamma, cache_policy=cache_policy, shared_cache=shared_cache)
+    # several times faster than the masked kernels visiting every weight. A masked layer's Ŵ
+    # travels packed (its active values only) into the masked convolution.
+    packed = not m.dense and weight_grad == "masked"
+    what = apply(_nsconv.STANDARDIZE, (weight, gain),
+                 _nsconv.StandardizeParams(m, stats, float(eps), packed))
+    if not packed:
+        return conv2d(input, what, bias, stride=stride, padding=padding, groups=groups,
+                      mask=None if m.dense else m, weight_grad=weight_grad, sap=sap,
+                      shared_cache=shared_cache, relu=relu)
+    return _conv2d(input, what, bias, stride, padding, 1, groups, m, weight_grad, sap,
+                   shared_cache, w.shape, packed=True, relu=relu)

@@ -1,11 +1,15 @@
-"""``fedmef memory``: the analytic memory ledger on the command line (SPEC MEM-1..MEM-4).
+"""``fedmef memory``: the analytic memory ledger on the command line (SPEC MEM-1..MEM-6).
 
     fedmef memory --model resnet18 --input 3x32x32 --batch 64 --density 0.1 --gamma 0.7 \\
-        --policy auto [--json] [--budget BYTES]
+        --policy auto [--json] [--timeline] [--plot FILE] [--measure] [--budget BYTES]
 
-prints a per-layer table and the totals in bytes and MiB (or the ledger's JSON, schema in
-docs/memory.md). ``--budget`` also answers the largest batch whose training peak (or, with
-``--budget-of footprint``, paper-style footprint) fits.
+prints a per-layer table, the totals in bytes and MiB and the training peak (MEM-5) with the
+event where it occurs and the buffers live there (or the ledger's JSON, schema in
+docs/memory.md). ``--timeline`` lists every event of the step with its live bytes; ``--plot``
+draws live bytes against the step's events with the peak marked; ``--measure`` runs one real
+step and reports this implementation's own peak (MEM-6) beside the ledger's. ``--budget``
+answers the largest batch whose training peak (or, with ``--budget-of footprint``, paper-style
+footprint) fits.
 """
 
 from __future__ import annotations
@@ -74,13 +78,83 @@ def _totals(ledger: M.Ledger) -> str:
     return "\n".join(out)
 
 
+def _peak(ledger: M.Ledger, measured: dict | None) -> str:
+    pk = ledger.timeline["peak"]
+    ev = pk["event"]
+    out = [f"training peak (MEM-5, a lean step's liveness timeline): {pk['bytes']:,} bytes "
+           f"({_mib(pk['bytes'])} MiB) at event {ev['index']} ({ev['phase']} {ev['scope']} "
+           f"{ev['op']}); live there:"]
+    for b in pk["live"]:
+        if b["bytes"]:
+            out.append(f"  {b['kind']:<11}{b['name'][:48]:<50}{b['bytes']:>14,}")
+    if measured is not None:
+        out.append(f"measured peak of this implementation (MEM-6, tracemalloc over one step, "
+                   f"its state included): {measured['peak']:,} bytes "
+                   f"({_mib(measured['peak'])} MiB); not the lean plan, see docs/memory.md")
+    return "\n".join(out)
+
+
+def _timeline(ledger: M.Ledger) -> str:
+    tl = ledger.timeline
+    born: dict[int, list[str]] = {}
+    for b in tl["buffers"]:
+        if b["kind"] != "workspace":
+            born.setdefault(b["born"], []).append(b["name"].split(":", 1)[-1])
+    lines = [f"{'event':>6} {'phase':<6}{'scope':<24}{'op':<20}{'live B':>14}  born"]
+    for e in tl["events"]:
+        lines.append(f"{e['index']:>6} {e['phase']:<6}{e['scope'][:23]:<24}{e['op'][:19]:<20}"
+                     f"{e['live']:>14,}  {', '.join(born.get(e['index'], []))[:40]}")
+    return "\n".join(lines)
+
+
+def save_timeline_plot(ledger: M.Ledger, path) -> None:
+    """Live bytes against the step's events (forward, then backward), the peak marked."""
+    from matplotlib.figure import Figure
+
+    tl = ledger.timeline
+    ev = tl["events"]
+    x = [e["index"] for e in ev]
+    y = [e["live"] / 2**20 for e in ev]
+    base = sum(tl["persistent"].values()) / 2**20
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(9, 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    n_fwd = sum(e["phase"] == "fwd" for e in ev)
+    ax.axvspan(-0.5, n_fwd - 0.5, color="0.93", label="forward")
+    ax.step(x, y, where="mid", color="C0", label="live bytes")
+    ax.axhline(base, color="0.5", ls=":", label="always live (weights, grads, data)")
+    pk = tl["peak"]
+    ax.plot([pk["event"]["index"]], [pk["bytes"] / 2**20], "o", color="C3",
+            label=f"peak {pk['bytes'] / 2**20:.2f} MiB ({pk['event']['phase']} "
+                  f"{pk['event']['scope']})")
+    c = ledger.config
+    ax.set_title(f"{c['model']}: one training step, batch {c['batch']}, density {c['density']}, "
+                 f"γ {c['gamma']} ({c['policy']})")
+    ax.set_xlabel("event (forward nodes, then backward vjps)")
+    ax.set_ylabel("live bytes (MiB)")
+    ax.set_xlim(-0.5, len(ev) - 0.5)
+    ax.set_ylim(0, max(y) * 1.1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, fontsize=8,
+              frameon=False)
+    fig.savefig(path, dpi=110)
+
+
 def _cmd_memory(args) -> int:
     shape = M.parse_shape(args.input)
+    if args.classes < 1:
+        raise ValueError(f"--classes must be >= 1, received {args.classes}")
     kw = dict(density=args.density, density_kind=args.density_kind, gamma=args.gamma,
               policy=args.policy, dtype=np.dtype(args.dtype), momentum=args.momentum,
               nsconv_stats=args.nsconv_stats, num_classes=args.classes, norm=args.norm,
-              width=args.width, loss=not args.no_loss)
-    ledger = M.ledger(args.model, shape, args.batch, **kw)
+              width=args.width)
+    ledger = M.ledger(args.model, shape, args.batch, loss=not args.no_loss, **kw)
+    measured = None
+    if args.measure:
+        measured = M.measure_step(args.model, shape, args.batch, **kw)
+    if args.plot:
+        save_timeline_plot(ledger, args.plot)
     answer = None
     if args.budget is not None:
         budget = parse_bytes(args.budget)
@@ -91,6 +165,8 @@ def _cmd_memory(args) -> int:
         d = ledger.to_dict()
         if answer is not None:
             d["budget"] = answer
+        if measured is not None:
+            d["measured"] = measured
         print(json.dumps(d, indent=2))
         return 0
     c = ledger.config
@@ -101,6 +177,13 @@ def _cmd_memory(args) -> int:
     print(_table(ledger))
     print()
     print(_totals(ledger))
+    print()
+    print(_peak(ledger, measured))
+    if args.timeline:
+        print()
+        print(_timeline(ledger))
+    if args.plot:
+        print(f"timeline plot: {args.plot}")
     if answer is not None:
         print()
         n = answer["largest_batch"]
@@ -114,7 +197,8 @@ def add_parser(subparsers) -> None:
     """Add the ``memory`` sub-command (called by :mod:`refimpl.cli`)."""
     p = subparsers.add_parser(
         "memory", help="analytic memory ledger: per-layer bytes of weights, masks, gradients, "
-        "optimizer state and activation cache (SAP), footprint and training peak")
+        "optimizer state and activation cache (SAP), footprint, and the training peak of a "
+        "step's liveness timeline")
     p.add_argument("--model", required=True, help="zoo model name (see `fedmef models`)")
     p.add_argument("--input", default="3x32x32", help="input shape CxHxW (default 3x32x32)")
     p.add_argument("--batch", type=int, default=64)
@@ -131,6 +215,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-loss", action="store_true",
                    help="leave out the cross-entropy residual (a bare forward pass)")
     p.add_argument("--json", action="store_true", help="print the ledger as JSON")
+    p.add_argument("--timeline", action="store_true",
+                   help="list every event of the step with its live bytes (MEM-5)")
+    p.add_argument("--plot", default=None, metavar="FILE",
+                   help="draw live bytes against the step's events (png, svg or pdf)")
+    p.add_argument("--measure", action="store_true",
+                   help="also run one real step and report this implementation's peak (MEM-6)")
     p.add_argument("--budget", default=None,
                    help="bytes available (e.g. 64MiB): print the largest batch that fits")
     p.add_argument("--budget-of", default="training_peak", choices=("training_peak", "footprint"))

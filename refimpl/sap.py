@@ -31,18 +31,20 @@ SAP never costs more than no SAP. A dense cache with nothing dropped *is* x (no 
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import ClassVar
 
 import numpy as np
 
 from .core._jit import JIT_ENABLED
-from .core.tape import Residual
+from .core.tape import Residual, Spec
 from .kernels import cache as K
 
 __all__ = ["FORMATS", "COMPAT_FORMATS", "POLICIES", "SapPolicy", "ActivationCache", "SharedCache",
            "exact_gamma", "keep_count", "index_dtype", "format_nbytes", "choose_format",
-           "select", "keep_mask", "encode", "prune_and_encode", "decode", "default_impl"]
+           "select", "keep_mask", "encode", "prune_and_encode", "plan_cache", "decode",
+           "default_impl"]
 
 FORMATS = ("dense", "bitmap", "index")
 #: Compatibility formats (docs/DEVIATIONS.md), never chosen by ``auto``: ``int32`` is the
@@ -131,15 +133,28 @@ def choose_format(policy: str, numel: int, n_keep: int, itemsize: int) -> str:
 
 @dataclass(frozen=True)
 class SapPolicy:
-    """The SAP residual policy of a conv/linear layer: ratio γ (exact) and cache policy."""
+    """The SAP residual policy of a run (SAP-2, CACHE-2): ratio γ as an exact rational (CONV-6)
+    and the cache policy. Built and validated once where the configuration enters
+    (:meth:`make`), then carried typed down to the kernels: conv2d/linear/nsconv2d take it as
+    ``sap=``. The keep count and format of each tensor size are computed once and remembered.
+    """
 
     gamma: Fraction
-    policy: str
+    policy: str = "auto"
+    _layouts: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if not isinstance(self.gamma, Fraction) or not 0 <= self.gamma < 1:
+            raise ValueError(f"SapPolicy: gamma must be a Fraction in [0, 1) (use "
+                             f"SapPolicy.make(0.7) for a decimal), received {self.gamma!r}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown cache policy {self.policy!r}; valid policies: "
+                             f"{', '.join(POLICIES)}")
 
     @classmethod
-    def make(cls, gamma=0.0, policy="dense") -> SapPolicy | None:
-        """The policy, or None when it changes nothing (γ = 0 and policy ``dense``: the layer
-        keeps its input itself, the pre-SAP behaviour)."""
+    def make(cls, gamma=0.0, policy="auto") -> SapPolicy | None:
+        """The policy of a decimal γ (validated, CONV-6), or None when it changes nothing (γ = 0
+        and policy ``dense``: the layer keeps its input itself, the pre-SAP behaviour)."""
         g = exact_gamma(gamma)
         if policy not in POLICIES:
             raise ValueError(f"unknown cache policy {policy!r}; valid policies: "
@@ -147,6 +162,17 @@ class SapPolicy:
         if g == 0 and policy == "dense":
             return None
         return cls(g, policy)
+
+    def layout(self, numel: int, itemsize: int) -> tuple[int, str]:
+        """(n_keep, format) of a cached input of ``numel`` entries (SAP-2, CACHE-2), computed
+        once per size."""
+        key = (numel, itemsize)
+        hit = self._layouts.get(key)
+        if hit is None:
+            n_keep = keep_count(numel, self.gamma)
+            hit = self._layouts[key] = (n_keep, choose_format(self.policy, numel, n_keep,
+                                                              itemsize))
+        return hit
 
 
 # ---- selection (SAP-2, CONV-4) ----------------------------------------------------------------
@@ -190,6 +216,8 @@ class ActivationCache(Residual):
 
     The tape counts these buffers (TAPE-3); their total is :attr:`nbytes` (CACHE-4).
     """
+
+    category: ClassVar[str] = "input_cache"
 
     fmt: str
     shape: tuple[int, ...]
@@ -240,10 +268,27 @@ def encode(x: np.ndarray, n_keep: int, fmt: str, impl: str | None = None) -> Act
 
 
 def prune_and_encode(x: np.ndarray, policy: SapPolicy, impl: str | None = None) -> ActivationCache:
-    """SAP-2 + CACHE-2: n_keep from γ, the format from the policy, then :func:`encode`."""
-    n_keep = keep_count(x.size, policy.gamma)
-    fmt = choose_format(policy.policy, x.size, n_keep, x.dtype.itemsize)
+    """SAP-2 + CACHE-2: n_keep and the format from the policy, then :func:`encode`."""
+    n_keep, fmt = policy.layout(x.size, x.dtype.itemsize)
     return encode(x, n_keep, fmt, impl)
+
+
+def plan_cache(x: Spec, policy: SapPolicy) -> ActivationCache:
+    """The record :func:`prune_and_encode` would build for an input of ``x``'s shape and dtype,
+    with Specs for its buffers (a dry trace, MEM-1). With nothing dropped a dense cache *is* the
+    input (no copy), as in :func:`encode`."""
+    numel, s = x.size, x.dtype.itemsize
+    n_keep, fmt = policy.layout(numel, s)
+    shape = tuple(x.shape)
+    if fmt == "dense":
+        return ActivationCache("dense", shape, x.dtype, n_keep,
+                               dense=x if n_keep == numel else Spec(shape, x.dtype))
+    values = Spec((n_keep,), x.dtype)
+    if fmt == "bitmap":
+        return ActivationCache("bitmap", shape, x.dtype, n_keep,
+                               bits=Spec(((numel + 7) // 8,), np.uint8), values=values)
+    idt = np.dtype(np.int32) if fmt == "int32" else index_dtype(numel)
+    return ActivationCache(fmt, shape, x.dtype, n_keep, index=Spec((n_keep,), idt), values=values)
 
 
 def decode(cache: ActivationCache, impl: str | None = None) -> np.ndarray:
@@ -257,7 +302,8 @@ def decode(cache: ActivationCache, impl: str | None = None) -> np.ndarray:
     elif cache.fmt in ("index", "int32"):
         out = K.decode_index(cache.index, cache.values, cache.numel, impl)
     else:
-        raise ValueError(f"unknown cache format {cache.fmt!r}; valid formats: {', '.join(FORMATS)}")
+        raise ValueError(f"unknown cache format {cache.fmt!r}; valid formats: "
+                         f"{', '.join(FORMATS + COMPAT_FORMATS)}")
     return out.reshape(cache.shape)
 
 
@@ -274,8 +320,20 @@ class SharedCache:
         self._key = None
         self._ref = None
 
-    def get(self, x: np.ndarray, policy: SapPolicy, impl: str | None = None) -> ActivationCache:
-        key = (x.__array_interface__["data"][0], x.shape, x.strides, x.dtype, policy)
+    @staticmethod
+    def _key_of(x, policy):
+        where = id(x) if isinstance(x, Spec) else (x.__array_interface__["data"][0], x.strides)
+        return (where, x.shape, x.dtype, policy)
+
+    def pending(self, x, policy: SapPolicy) -> bool:
+        """Whether :meth:`get` would encode (no live record of this input yet)."""
+        cache = self._ref() if self._ref is not None else None
+        return cache is None or self._key != self._key_of(x, policy)
+
+    def get(self, x, policy: SapPolicy, impl: str | None = None) -> ActivationCache:
+        """The shared record of input ``x`` (an array, or a Spec in a dry trace)."""
+        dry = isinstance(x, Spec)
+        key = self._key_of(x, policy)
         cache = self._ref() if self._ref is not None else None
         if cache is not None:
             if key != self._key:
@@ -285,6 +343,6 @@ class SharedCache:
                     f"Use one SharedCache per shared input"
                 )
             return cache
-        cache = prune_and_encode(x, policy, impl)
+        cache = plan_cache(x, policy) if dry else prune_and_encode(x, policy, impl)
         self._key, self._ref = key, weakref.ref(cache)
         return cache

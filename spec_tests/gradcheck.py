@@ -66,8 +66,10 @@ def check_vjp(fn, primals, seed=0, h=1e-6):
 
 def activation_pattern(fn, primals):
     """The piecewise-linear 'switches' of ``fn`` at ``primals``: every ReLU bitmap and max-pool
-    argmax the tape keeps. Equal patterns at x - hv and x + hv mean the segment crosses no kink
-    and no tie, so central differences are valid along it."""
+    argmax the tape keeps (a ReLU fused into a conv keeps its bitmap in the conv's record).
+    Equal patterns at x - hv and x + hv mean the segment crosses no kink and no tie, so central
+    differences are valid along it."""
+    from refimpl.ops.conv import ConvRes
     from refimpl.ops.elementwise import ReluRes
     from refimpl.ops.pool import MaxPoolRes
 
@@ -77,6 +79,8 @@ def activation_pattern(fn, primals):
     for node in tape.nodes:
         if isinstance(node.res, ReluRes):
             out.append(node.res.bits)
+        elif isinstance(node.res, ConvRes) and node.res.relu_bits is not None:
+            out.append(node.res.relu_bits)
         elif isinstance(node.res, MaxPoolRes):
             out.append(node.res.arg)
     return out

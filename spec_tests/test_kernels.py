@@ -68,11 +68,19 @@ def test_masked_kernels_agree_with_dense_on_masked_weight(cfg, seed, dtype, dens
     oshape = g.shape
     dense = _dense_all(x, w, g, geom, "naive")
     rtol, atol = tol(dtype)
+    index = MK.build_index(mask)
+    val = MK.gather(w, index)
+    assert np.array_equal(val, w[mask])  # index order is C order of (o, c, i, j)
+    b = np.random.default_rng(seed).standard_normal(cfg["o"]).astype(dtype)
     for impl in MK.IMPLS:
-        y = MK.masked_conv2d_forward(x, w, mask, *geom, oshape, impl=impl)
-        dx = MK.masked_conv2d_grad_input(g, w, mask, x.shape, *geom, impl=impl)
-        dw = MK.masked_conv2d_grad_weight(x, g, mask, *geom, impl=impl)
-        np.testing.assert_allclose(y, dense[0], rtol=rtol, atol=atol)
+        y = MK.masked_conv2d_forward(x, index, val, b, *geom, oshape, impl=impl)
+        dx = np.zeros(x.shape, dtype)
+        dval = np.zeros(index.nnz, dtype)
+        db = np.zeros(cfg["o"], dtype)
+        MK.masked_conv2d_backward(g, x, index, val, *geom, dx=dx, dval=dval, db=db, impl=impl)
+        dw = MK.scatter(dval, index)
+        np.testing.assert_allclose(y, dense[0] + b.reshape(1, -1, 1, 1), rtol=rtol, atol=atol)
+        np.testing.assert_allclose(db, g.sum(axis=(0, 2, 3)), rtol=rtol, atol=atol)
         np.testing.assert_allclose(dx, dense[1], rtol=rtol, atol=atol)
         np.testing.assert_allclose(dw, dense[2] * mask, rtol=rtol, atol=atol)
         assert np.all(dw[~mask] == 0)  # MASK-3: exactly zero, not merely small
@@ -98,8 +106,18 @@ def test_functional_masked_conv_weight_grad_modes(cfg, seed, density):
 
 def test_unknown_impl_is_a_clear_error():
     x, w = np.zeros((1, 1, 3, 3)), np.zeros((1, 1, 3, 3))
-    with pytest.raises(ValueError, match="unknown kernel impl 'cuda'; valid: naive, np, jit"):
+    with pytest.raises(ValueError, match="unknown kernel impl 'cuda' for forward; valid: naive, "
+                                         "np, jit"):
         K.conv2d_forward(x, w, (1, 1), (0, 0), (1, 1), 1, impl="cuda")
+    index = MK.build_index(np.ones(w.shape, bool))
+    with pytest.raises(ValueError, match="unknown kernel impl 'np' for forward; valid: naive, "
+                                         "jit"):
+        MK.masked_conv2d_forward(x, index, MK.gather(w, index), None, (1, 1), (0, 0), (1, 1), 1,
+                                 (1, 1, 1, 1), impl="np")
+    from refimpl.kernels import pool as PK
+
+    with pytest.raises(ValueError, match="unknown kernel impl 'gpu' for forward"):
+        PK.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), 1, 1, impl="gpu")
 
 
 _AGREEMENT_SCRIPT = textwrap.dedent("""
@@ -121,7 +139,9 @@ _AGREEMENT_SCRIPT = textwrap.dedent("""
                            K.conv2d_grad_input(g, w, x.shape, *geom, impl="naive"))
         assert np.allclose(K.conv2d_grad_weight(x, g, w.shape, *geom, impl=impl),
                            K.conv2d_grad_weight(x, g, w.shape, *geom, impl="naive"))
-    assert np.allclose(MK.masked_conv2d_forward(x, w, m, *geom, y0.shape, impl="jit"), y0)
+    idx = MK.build_index(m)
+    assert np.allclose(MK.masked_conv2d_forward(x, idx, MK.gather(w, idx), None, *geom,
+                                                y0.shape, impl="jit"), y0)
     print("AGREE")
 """)
 
@@ -162,13 +182,15 @@ def test_max_pool_kernels_agree_with_numpy_twin(cfg, seed, dtype, ties):
     x = (rng.integers(-2, 3, shape) if ties else rng.standard_normal(shape)).astype(dtype)
     p = P.PoolParams(cfg["kernel_size"], cfg["stride"], cfg["padding"], cfg["dilation"])
     oh, ow = P.pool_output_hw("max_pool2d", shape[2], shape[3], p)
-    y_np, res = P._max_pool2d_fwd_np(x, p, oh, ow, (True,))
+    y_np, arg_np = PK.max_pool2d_forward(x, p.kernel, p.stride, p.padding, p.dilation, oh, ow,
+                                         impl="np")
     g = rng.standard_normal(y_np.shape).astype(dtype)
-    dx_np = P._max_pool2d_vjp_np(res, g, p)[0]
+    dx_np = PK.max_pool2d_backward(g, arg_np, x.shape, p.kernel, p.stride, p.padding, p.dilation,
+                                   impl="np")
     for impl in ("naive", "jit"):
         y, arg = PK.max_pool2d_forward(x, p.kernel, p.stride, p.padding, p.dilation, oh, ow,
                                        impl=impl)
-        assert np.array_equal(y, y_np) and np.array_equal(arg, res.arg)
+        assert np.array_equal(y, y_np) and np.array_equal(arg, arg_np)
         dx = PK.max_pool2d_backward(g, arg, x.shape, p.kernel, p.stride, p.padding, p.dilation,
                                     impl=impl)
         np.testing.assert_allclose(dx, dx_np, rtol=tol(dtype)[0], atol=tol(dtype)[1])

@@ -16,6 +16,7 @@ from refimpl import memory as M
 from refimpl import models, sparsity
 from refimpl.cli import main as cli_main
 from refimpl.core.tape import Tape
+from refimpl.sap import SapPolicy
 
 GAMMAS = (0.0, 0.5, 0.7, 0.9)
 POLICIES = ("dense", "bitmap", "index", "auto")
@@ -44,7 +45,7 @@ def test_mem2_ledger_equals_tape_to_the_byte(name, norm):
         y = rng.integers(0, 10, batch)
         for gamma in GAMMAS:
             for policy in POLICIES:
-                opts = models.RunOptions(sap_gamma=gamma, cache_policy=policy)
+                opts = models.RunOptions(sap=SapPolicy.make(gamma, policy))
                 led = M.ledger(model, (3, 16, 16), batch, gamma=gamma, policy=policy)
                 assert measure(model, x, y, opts) == led.totals["activation_cache"], \
                     (dtype.__name__, gamma, policy)
@@ -74,8 +75,8 @@ def test_mem2_property(name, norm, dtype, batch, hw, gamma, policy, density, sta
     x = (rng.standard_normal((batch, 3, hw, hw)) * rng.choice([0.0, 1.0], (batch, 3, hw, hw))
          ).astype(dtype)  # exact zeros: ties for the selection
     y = rng.integers(0, 7, batch)
-    opts = models.RunOptions(masks=masks, nsconv_stats=stats, sap_gamma=float(gamma),
-                             cache_policy=policy)
+    opts = models.RunOptions(masks=masks, nsconv_stats=stats,
+                             sap=SapPolicy.make(float(gamma), policy))
     led = M.ledger(model, (3, hw, hw), batch, density=density, gamma=float(gamma),
                    policy=policy, nsconv_stats=stats, loss=loss)
     assert measure(model, x, y, opts, loss) == led.totals["activation_cache"]
@@ -92,9 +93,11 @@ def test_ledger_of_a_zoo_name_equals_that_of_the_built_model():
 @pytest.mark.parametrize("density", [1.0, 0.1])
 @pytest.mark.parametrize("momentum", [False, True])
 def test_totals_and_model_side_categories(density, momentum):
-    """MEM-1, MEM-3: per-layer categories sum to the totals; sparse storage = nnz values + mask
-    bitmap (ERK-2 counts); footprint = sparse model + activation cache; training peak adds
-    gradients and optimizer state; SAP (auto) never costs more than no SAP (CACHE-2)."""
+    """MEM-1, MEM-3, MEM-5: per-layer categories sum to the totals; sparse storage = nnz values
+    + mask bitmap (ERK-2 counts); footprint = sparse model + activation cache; the sum with
+    gradients and optimizer state is named as a sum; the training peak is the timeline's
+    maximum and holds at least the always-live state and the whole activation cache; SAP
+    (auto) never costs more than no SAP (CACHE-2)."""
     led = M.ledger("resnet18", (3, 32, 32), 4, density=density, gamma=0.7, momentum=momentum)
     t, rows = led.totals, led.layers
     model = models.build("resnet18", 3, 10)
@@ -114,7 +117,15 @@ def test_totals_and_model_side_categories(density, momentum):
     assert t["gradients"] == 4 * (nnz + n_params - n_prunable)
     assert t["optimizer_state"] == (t["gradients"] if momentum else 0)
     assert t["footprint"] == t["weights_sparse"] + t["activation_cache"]
-    assert t["training_peak"] == t["footprint"] + t["gradients"] + t["optimizer_state"]
+    assert t["footprint_with_gradients"] == t["footprint"] + t["gradients"] \
+        + t["optimizer_state"]
+    tl = led.timeline
+    assert t["training_peak"] == tl["peak"]["bytes"] == max(e["live"] for e in tl["events"])
+    data = 4 * 4 * 3 * 32 * 32 + 8 * 4
+    assert tl["persistent"] == {"weights_sparse": t["weights_sparse"],
+                                "gradients": t["gradients"],
+                                "optimizer_state": t["optimizer_state"], "data_batch": data}
+    assert t["training_peak"] >= t["footprint_with_gradients"] + data - (4 * 4 * 3 * 32 * 32)
     assert t["activation_cache"] < t["activation_cache_no_sap"]
     assert t["activation_cache"] == sum(led.activation_by_category.values())
     for key in ("weights_dense", "weights_sparse", "masks", "gradients", "activation_cache",
@@ -174,7 +185,8 @@ def test_json_schema_is_stable():
     d = json.loads(led.to_json())
     assert d["schema"] == "fedmef.memory" and d["schema_version"] == M.SCHEMA_VERSION
     assert set(d) == {"schema", "schema_version", "config", "totals", "activation_by_category",
-                      "counts", "communication", "layers"}
+                      "counts", "communication", "layers", "timeline"}
+    assert {"events", "buffers", "persistent", "peak"} <= set(d["timeline"])
     for key in ("activation_cache", "activation_cache_no_sap", "weights_dense", "weights_sparse",
                 "masks", "gradients", "optimizer_state", "footprint", "training_peak"):
         assert isinstance(d["totals"][key], int)
@@ -240,7 +252,9 @@ def test_docs_memory_md_is_generated_from_the_ledger():
 
 def test_input_shape_that_does_not_fit_the_model_is_a_clear_error():
     model = models.build("cnn", 1, 10)
-    with pytest.raises(ValueError, match=r"conv1 expects \(N, 1, H, W\)"):
+    with pytest.raises(ValueError, match=r"does not fit input shape 3x28x28 \(C x H x W\)"):
         M.ledger(model, (3, 28, 28), 2)
+    with pytest.raises(ValueError, match=r"does not fit input shape 1x2x2"):
+        M.ledger(model, (1, 2, 2), 2)
     with pytest.raises(ValueError, match="batch"):
         M.ledger(model, (1, 28, 28), 0)

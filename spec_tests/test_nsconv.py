@@ -12,6 +12,7 @@ from hypothesis.extra import numpy as hnp
 import refimpl
 from refimpl import functional as F
 from refimpl import models
+from refimpl.kernels.masked_conv import WeightMask
 from refimpl.ops import nsconv as NS
 
 from .gradcheck import check_vjp
@@ -69,7 +70,8 @@ def test_standardised_kernel_formula_and_sparsity(stats, o, _unused, mrow, seed)
     m = np.stack([rng.permutation(mrow) for _ in range(o)]).reshape(o, 1, 1, -1)
     w = rng.standard_normal(m.shape) * m
     g = rng.standard_normal(o)
-    what, _ = NS.standardize_fwd((w, g), NS.StandardizeParams(m, stats, 1e-4), (False, False))
+    what, _ = NS.standardize_fwd((w, g), NS.StandardizeParams(WeightMask(m), stats, 1e-4),
+                                 (False, False))
     assert np.array_equal(what != 0, m & (what != 0))  # zero wherever M is zero
     assert np.all(what[~m] == 0)
     np.testing.assert_allclose(what, standardize_reference(w, m, g, stats, 1e-4), rtol=1e-12,

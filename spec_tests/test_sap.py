@@ -77,7 +77,7 @@ def test_conv_sap_gradients(cfg, gamma, policy, dtype, n, seed):
     rng = np.random.default_rng(seed)
     f, (w, b, gain) = conv_layer(cfg, rng, dtype)
     x = np.maximum(rng.standard_normal((n, cfg[1], 7, 7)), 0).astype(dtype)
-    sap = {"sap_gamma": float(gamma), "cache_policy": policy}
+    sap = {"sap": S.SapPolicy.make(float(gamma), policy)}
     out_s, vjp_s = refimpl.vjp(lambda x, w, b, g: f(x, w, b, g, **sap), x, w, b, gain)
     out_0, vjp_0 = refimpl.vjp(lambda x, w, b, g: f(x, w, b, g), x, w, b, gain)
     xhat = pruned(x, gamma)
@@ -102,7 +102,7 @@ def test_linear_sap_gradients(gamma, policy, n, extra, seed):
     rng = np.random.default_rng(seed)
     x = np.maximum(rng.standard_normal((n,) + extra), 0)
     w, b = rng.standard_normal((5, extra[-1])), rng.standard_normal(5)
-    sap = {"sap_gamma": float(gamma), "cache_policy": policy}
+    sap = {"sap": S.SapPolicy.make(float(gamma), policy)}
     out_s, vjp_s = refimpl.vjp(lambda x, w, b: F.linear(x, w, b, **sap), x, w, b)
     out_0, vjp_0 = refimpl.vjp(F.linear, x, w, b)
     _, vjp_h = refimpl.vjp(F.linear, pruned(x, gamma), w, b)
@@ -120,7 +120,7 @@ def test_residual_record_holds_the_encoded_cache(policy):
     tape = Tape()
     x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
     w = tape.leaf(rng.standard_normal((4, 3, 3, 3)).astype(np.float32))
-    F.conv2d(x, w, padding=1, sap_gamma=0.7, cache_policy=policy)
+    F.conv2d(x, w, padding=1, sap=S.SapPolicy.make(0.7, policy))
     res = tape.nodes[0].res
     assert res.x is None and isinstance(res.cache, S.ActivationCache)
     assert res.cache.n_keep == 45
@@ -152,8 +152,8 @@ def test_block_conv_and_projection_share_one_cache_encoded_once(norm, monkeypatc
     x = rng.standard_normal((2, 3, 12, 12)).astype(np.float32)
     tape = Tape()
     params = {k: tape.leaf(v) for k, v in model.params.items()}
-    out = models.forward(model, params, x, True, models.RunOptions(sap_gamma=0.7,
-                                                                  cache_policy="bitmap"))
+    out = models.forward(model, params, x, True, models.RunOptions(
+        sap=S.SapPolicy.make(0.7, "bitmap")))
     loss = F.cross_entropy(out, np.array([1, 2]))
     layers = [lay for lay in models.iter_layers(model.layers)
               if isinstance(lay, (models.Conv, models.Linear))]
@@ -193,9 +193,9 @@ def test_model_bias_gradients_are_exact_under_sap(norm):
             return F.cross_entropy(models.forward(model, p, x, True, opts), y)
         return refimpl.grad(loss)(model.params)
 
-    g0 = grads(models.RunOptions(sap_gamma=0.0, cache_policy="dense"))
-    g1 = grads(models.RunOptions(sap_gamma=0.9, cache_policy="auto"))
-    gz = grads(models.RunOptions(sap_gamma=0.0, cache_policy="index"))
+    g0 = grads(models.RunOptions(sap=None))
+    g1 = grads(models.RunOptions(sap=S.SapPolicy.make(0.9, "auto")))
+    gz = grads(models.RunOptions(sap=S.SapPolicy.make(0.0, "index")))
     biases = [k for k in g0 if k.endswith(".bias")]
     assert biases
     for k in biases:
@@ -205,26 +205,35 @@ def test_model_bias_gradients_are_exact_under_sap(norm):
         assert same_bits(g0[k], gz[k]), k
 
 
-def test_run_options_validate_sap_settings():
-    assert models.RunOptions().sap_active  # auto at γ = 0: the dense (identity) cache
-    assert not models.RunOptions(cache_policy="dense").sap_active
-    with pytest.raises(ValueError, match="cache_policy"):
-        models.RunOptions(cache_policy="sparse")
+def test_sap_policy_is_validated_once_where_it_is_made():
+    """SAP-2, CONV-6: γ is validated and made exact when the policy is built; the policy is
+    None when it changes nothing; keep counts are computed once per size."""
+    assert S.SapPolicy.make(0.0, "dense") is None
+    pol = S.SapPolicy.make("0.7", "auto")
+    assert pol.gamma == S.Fraction(7, 10)
+    assert pol.layout(150, 4) == (45, S.choose_format("auto", 150, 45, 4))
+    assert pol.layout(150, 4) is pol.layout(150, 4)  # remembered, not recomputed
+    with pytest.raises(ValueError, match="policy"):
+        S.SapPolicy.make(0.5, "sparse")
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        models.RunOptions(sap_gamma=1.0)
+        S.SapPolicy.make(1.0)
+    with pytest.raises(ValueError, match="Fraction"):
+        S.SapPolicy(0.5)  # a float is not exact: make() converts the decimal
 
 
 def test_functional_sap_arguments_are_checked_before_recording():
     x = np.ones((1, 2, 4, 4), dtype=np.float32)
     w = np.ones((2, 2, 3, 3), dtype=np.float32)
-    with pytest.raises(ValueError, match="conv2d: .*gamma"):
-        F.conv2d(x, w, sap_gamma=-0.5)
-    with pytest.raises(ValueError, match="linear: .*policy"):
-        F.linear(x.reshape(1, -1), np.ones((3, 32), dtype=np.float32), cache_policy="csr")
+    with pytest.raises(TypeError, match="conv2d: sap must be a refimpl.sap.SapPolicy"):
+        F.conv2d(x, w, sap=0.5)
+    with pytest.raises(TypeError, match="linear: sap must be"):
+        F.linear(x.reshape(1, -1), np.ones((3, 32), dtype=np.float32), sap="auto")
     with pytest.raises(TypeError, match="SharedCache"):
-        F.conv2d(x, w, sap_gamma=0.5, shared_cache=object())
+        F.conv2d(x, w, sap=S.SapPolicy.make(0.5), shared_cache=object())
+    with pytest.raises(TypeError, match="RunOptions: sap must be"):
+        models.RunOptions(sap=0.7)
     tape = Tape()
     wv = tape.leaf(w)
-    with pytest.raises(ValueError, match="nsconv2d: .*gamma"):
-        F.nsconv2d(x, wv, np.ones(w.shape, bool), np.ones(2, np.float32), sap_gamma=2.0)
+    with pytest.raises(TypeError, match="nsconv2d: sap must be"):
+        F.nsconv2d(x, wv, np.ones(w.shape, bool), np.ones(2, np.float32), sap=2.0)
     assert tape.nodes == []  # nothing recorded before the error

@@ -46,7 +46,7 @@ def test_ledger_equals_tape_with_the_int32_cache(name, norm, gamma):
     model = models.build(name, 1, 10, norm=norm, width=0.5, rng=np.random.default_rng(0))
     x = np.random.default_rng(1).standard_normal((3, 1, 12, 12)).astype(np.float32)
     y = np.array([1, 2, 3])
-    opts = models.RunOptions(sap_gamma=gamma, cache_policy="int32")
+    opts = models.RunOptions(sap=S.SapPolicy.make(gamma, "int32"))
     tape = refimpl.Tape()
     params = {k: tape.leaf(v) for k, v in model.params.items()}
     F.cross_entropy(models.forward(model, params, x, True, opts), y)

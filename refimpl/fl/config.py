@@ -17,12 +17,17 @@ run holds concrete values only. Every key is used by the engine; docs/federated.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from .. import models
+from ..sap import SapPolicy
+from ..sparsity import exact_fraction
 
 __all__ = ["Config", "METHODS", "load_config", "preset_names", "parse_set", "to_toml",
            "config_from_dict", "key_table"]
@@ -163,6 +168,13 @@ class Config:
     def t_end(self) -> int:
         return self.sparse.t_end or self.run.rounds
 
+    @functools.cached_property
+    def sap_policy(self) -> SapPolicy | None:
+        """γ and the cache policy as the typed policy every conv and linear layer receives
+        (SAP-2, CACHE-2; exact γ, CONV-6), built once per run and carried down to the kernels;
+        None when it changes nothing (γ = 0 with the dense policy)."""
+        return SapPolicy.make(self.sap.gamma, self.sap.cache_policy)
+
     def to_dict(self) -> dict[str, dict[str, Any]]:
         out = {}
         for sec in _SECTIONS:
@@ -287,11 +299,11 @@ def _resolve(cfg: Config) -> Config:
         raise ConfigError(f"sparse.t_end = {cfg.sparse.t_end} exceeds run.rounds = "
                           f"{cfg.run.rounds}; use 0 for 'until the last round'")
     if cfg.sparse.density != AUTO:
-        from ..sparsity import exact_fraction
-
         exact_fraction(cfg.sparse.density)  # CONV-6: the decimal as written must be exact
-    from .. import models
-
+    try:
+        SapPolicy.make(gamma, cfg.sap.cache_policy)  # γ validated once, where it enters
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"sap.gamma / sap.cache_policy: {e}") from None
     if cfg.model.name not in models.names():
         raise ConfigError(f"model.name {cfg.model.name!r} is not in the zoo; valid models: "
                           f"{', '.join(models.names())}")

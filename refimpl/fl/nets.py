@@ -5,36 +5,27 @@ scores (PG-5) and test-set evaluation.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
 from .. import functional as F
 from .. import models
 from ..core.tape import apply
+from ..kernels.masked_conv import WeightMask
 from ..models.graph import Conv, ResidualBlock
 from ..ops import nsconv as _nsconv
 from .config import Config
 
-__all__ = ["run_options", "effective_model", "evaluate", "NSCONV_EPS"]
-
-#: ε of the NSConv standardisation (NSC-1); models.forward uses nsconv2d's default, this value.
-NSCONV_EPS = 1e-4
-
-
-def _sap_supported() -> bool:
-    names = {f.name for f in dataclasses.fields(models.RunOptions)}
-    return {"sap_gamma", "cache_policy"} <= names
+__all__ = ["run_options", "effective_model", "evaluate"]
 
 
 def run_options(cfg: Config, masks: dict | None) -> models.RunOptions:
-    """RunOptions of a training forward: the masks, NSConv stats and SAP (SAP-1, CACHE-2)."""
-    kw = dict(masks=masks, nsconv_stats=cfg.model.nsconv_stats)
-    if _sap_supported():
-        kw.update(sap_gamma=float(cfg.sap.gamma), cache_policy=cfg.sap.cache_policy)
-    elif cfg.sap.gamma > 0 or cfg.sap.cache_policy != "auto":
-        raise ValueError("this checkout's models.RunOptions has no SAP fields (sap_gamma, "
-                         "cache_policy); set sap.gamma = 0 and sap.cache_policy = \"auto\"")
-    return models.RunOptions(**kw)
+    """RunOptions of a training forward: the masks (each wrapped once in a WeightMask, so its
+    weight index is built once for the client's round), NSConv stats and the run's SAP policy
+    (``cfg.sap_policy``, built once per run; SAP-1, CACHE-2)."""
+    return models.RunOptions(masks=masks, nsconv_stats=cfg.model.nsconv_stats,
+                             sap=cfg.sap_policy)
 
 
 def _plain_layers(layers):
@@ -65,9 +56,12 @@ def effective_model(model: models.Model, params: dict, masks: dict, stats: str):
     for layer in models.iter_layers(model.layers):
         if isinstance(layer, Conv) and layer.norm == "nsconv":
             name = f"{layer.name}.weight"
-            mask = masks[name] if masks is not None and name in masks else \
-                np.ones(layer.weight_shape, dtype=bool)
-            p = _nsconv.StandardizeParams(np.asarray(mask, dtype=bool), stats, NSCONV_EPS)
+            mask = masks.get(name) if masks is not None else None
+            if mask is None:
+                mask = WeightMask.counts(layer.weight_shape, math.prod(layer.weight_shape))
+            elif not isinstance(mask, WeightMask):
+                mask = WeightMask(np.asarray(mask, dtype=bool))
+            p = _nsconv.StandardizeParams(mask, stats, F.NSCONV_EPS)
             new[name] = apply(_nsconv.STANDARDIZE, (params[name], params[f"{layer.name}.gain"]),
                               p)
             del new[f"{layer.name}.gain"]

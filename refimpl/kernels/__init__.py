@@ -1,1 +1,24 @@
-"""Convolution kernels: dense (:mod:`.conv`) and masked (:mod:`.masked_conv`)."""
+"""Compute kernels: dense convolution (:mod:`.conv`), masked convolution over a weight index
+(:mod:`.masked_conv`), max-pooling (:mod:`.pool`) and the SAP cache's selection, encode and
+decode (:mod:`.cache`).
+
+One convention for every kernel (STYLE 3, 10): a plain loop function ``<op>_naive`` (C-shaped,
+explicit buffers and bounds, calling no compiled code: the oracle), the same function compiled
+as ``<op>_jit`` by :func:`refimpl.core._jit.njit`, and, where it pays, a vectorised NumPy twin
+``<op>_np``. Each module lists its kernels in one table ``{op: {impl: function}}`` and picks one
+with :func:`pick`, which refuses an unknown ``impl`` with the valid choices.
+"""
+
+from __future__ import annotations
+
+IMPL_NAMES = ("naive", "np", "jit")
+
+
+def pick(family: str, table: dict, op: str, impl: str):
+    """The ``impl`` twin of kernel ``op`` in a module's ``table``; a clear ValueError when the
+    family has no such twin."""
+    twins = table[op]
+    if impl not in twins:
+        raise ValueError(f"{family}: unknown kernel impl {impl!r} for {op}; valid: "
+                         f"{', '.join(k for k in IMPL_NAMES if k in twins)}")
+    return twins[impl]

@@ -38,6 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core._jit import njit
+from . import pick
 
 __all__ = ["IMPLS", "keep_bits", "unpack", "masked_copy", "compact", "decode_bitmap",
            "decode_index"]
@@ -50,7 +51,7 @@ _BITS = {4: (np.int32, 0x7FFFFFFF, 0x7F800000),
 
 
 # ---- plain loop functions (the oracle; the jit kernels are these compiled) --------------------
-def _histogram_loops(u, abs_mask, shift, hist):
+def _histogram_naive(u, abs_mask, shift, hist):
     """Pass 1: hist[d] = #{i : (|u_i| >> shift) == d} over the top 16 bits of the |x| patterns
     (u: int32/int64 view of x, hist: int64 (65536,), overwritten). Returns the largest |x|
     pattern (>= the inf pattern iff some entry is NaN or inf) and the number of exact zeros."""
@@ -66,7 +67,7 @@ def _histogram_loops(u, abs_mask, shift, hist):
     return top, zeros
 
 
-def _find_bin_loops(hist, k, start):
+def _find_bin_naive(hist, k, start):
     """The bin holding the k-th largest: scanning down from bin ``start`` (at or above the
     highest non-empty one), the first bin where the running count reaches k. Returns (bin, how
     many of its entries are still to keep)."""
@@ -78,7 +79,7 @@ def _find_bin_loops(hist, k, start):
     return b, need
 
 
-def _bracket_loops(u, abs_mask, lo, hi, bits, cand, rare):
+def _bracket_naive(u, abs_mask, lo, hi, bits, cand, rare):
     """One pass: set the bit of every entry with |x| pattern > hi; append the indices of those
     in [lo, hi] (the candidates) to ``cand`` in ascending order. ``cand`` holds the number of
     candidates the histogram counted plus one spare slot for the branch-free append; writes are
@@ -124,7 +125,7 @@ def _bracket_loops(u, abs_mask, lo, hi, bits, cand, rare):
     return c
 
 
-def _keep_first_zeros_loops(bits, need, n):
+def _keep_first_zeros_naive(bits, need, n):
     """Set the first ``need`` clear bits (positions < n) of ``bits``: when the threshold is
     exactly 0 every nonzero entry is already set, so the clear bits are the zeros, in
     ascending index order. Returns how many it set."""
@@ -143,7 +144,7 @@ def _keep_first_zeros_loops(bits, need, n):
     return done
 
 
-def _resolve_loops(u, abs_mask, shift, prefix, need, cand, m, hist, bits):
+def _resolve_naive(u, abs_mask, shift, prefix, need, cand, m, hist, bits):
     """Find t, the ``need``-th largest pattern among the m candidates cand[:m] (which all share
     the digits above ``shift + 16``, given as ``prefix``), one 16-bit digit per round (shift,
     shift − 16, ..., 0); then set the bits of every candidate above t and of the first
@@ -166,7 +167,10 @@ def _resolve_loops(u, abs_mask, shift, prefix, need, cand, m, hist, bits):
             hist[b] = 0
         for j in range(live):
             hist[((np.int64(u[work[j]]) & abs_mask) >> shift) & 0xFFFF] += 1
-        d_t, need = _find_bin_jit(hist, need, hist.shape[0] - 1)  # compiled helper
+        d_t = hist.shape[0] - 1  # the bin of the need-th largest (as _find_bin_naive)
+        while d_t > 0 and hist[d_t] < need:
+            need -= hist[d_t]
+            d_t -= 1
         c = 0
         for j in range(live):
             i = work[j]
@@ -187,13 +191,13 @@ def _resolve_loops(u, abs_mask, shift, prefix, need, cand, m, hist, bits):
     return kept
 
 
-def _masked_copy_loops(x, bits, zero, out):
+def _masked_copy_naive(x, bits, zero, out):
     """Dense x̂: out[i] = x[i] where bit i is set, else ``zero`` (+0.0 of x's dtype: a typed
     zero keeps the select in the dtype, which LLVM vectorises; an int 0 would not). Returns
     the kept count."""
     n = x.shape[0]
     kept = 0
-    for b in range(n // 8):  # full bytes, then the tail (see _bracket_loops)
+    for b in range(n // 8):  # full bytes, then the tail (see _bracket_naive)
         byte = np.int64(bits[b])
         base = 8 * b
         for q in range(8):  # (here direct indexing measured 5x faster than a pre-taken slice)
@@ -212,7 +216,7 @@ def _masked_copy_loops(x, bits, zero, out):
     return kept
 
 
-def _compact_loops(x, bits, index, values, with_index):
+def _compact_naive(x, bits, index, values, with_index):
     """values (k,) = x at the set bits in ascending order; index (k,) their flat positions when
     ``with_index``. Returns k, or −1 when the bits set more or fewer than k positions."""
     n = x.shape[0]
@@ -241,14 +245,14 @@ def _compact_loops(x, bits, index, values, with_index):
     return j if j == k else -1
 
 
-def _decode_bitmap_loops(bits, values, zero, out):
+def _decode_bitmap_naive(bits, values, zero, out):
     """out (numel,): values scattered, in ascending order, to the set bits; ``zero`` (+0.0)
     elsewhere. Returns the number of set bits, or -1 when it is not values.shape[0] or a bit
     beyond numel is set."""
     n = out.shape[0]
     k = values.shape[0]
     j = 0
-    for b in range(n // 8):  # full bytes, then the tail (see _bracket_loops)
+    for b in range(n // 8):  # full bytes, then the tail (see _bracket_naive)
         byte = np.int64(bits[b])
         base = 8 * b
         if j + 8 <= k:  # every read below is inside values
@@ -282,7 +286,7 @@ def _decode_bitmap_loops(bits, values, zero, out):
     return j if j == k else -1
 
 
-def _decode_index_loops(index, values, zero, out):
+def _decode_index_naive(index, values, zero, out):
     """out (numel,) = +0.0, then out[index[j]] = values[j]. Returns k, or -1 when an index is
     outside out or the indices are not strictly ascending."""
     n = out.shape[0]
@@ -297,16 +301,6 @@ def _decode_index_loops(index, values, zero, out):
         prev = i
     return index.shape[0]
 
-
-_histogram_jit = njit(_histogram_loops)
-_find_bin_jit = njit(_find_bin_loops)
-_bracket_jit = njit(_bracket_loops)
-_resolve_jit = njit(_resolve_loops)
-_keep_first_zeros_jit = njit(_keep_first_zeros_loops)
-_masked_copy_jit = njit(_masked_copy_loops)
-_compact_jit = njit(_compact_loops)
-_decode_bitmap_jit = njit(_decode_bitmap_loops)
-_decode_index_jit = njit(_decode_index_loops)
 
 
 # ---- NumPy twins (vectorised oracle) ----------------------------------------------------------
@@ -367,24 +361,25 @@ def _decode_index_np(index, values, zero, out):
     return values.shape[0]
 
 
-# ---- dispatch ---------------------------------------------------------------------------------
-_TABLE = {
-    "histogram": (_histogram_loops, None, _histogram_jit),
-    "find_bin": (_find_bin_loops, None, _find_bin_jit),
-    "bracket": (_bracket_loops, None, _bracket_jit),
-    "resolve": (_resolve_loops, None, _resolve_jit),
-    "keep_first_zeros": (_keep_first_zeros_loops, None, _keep_first_zeros_jit),
-    "masked_copy": (_masked_copy_loops, _masked_copy_np, _masked_copy_jit),
-    "compact": (_compact_loops, _compact_np, _compact_jit),
-    "decode_bitmap": (_decode_bitmap_loops, _decode_bitmap_np, _decode_bitmap_jit),
-    "decode_index": (_decode_index_loops, _decode_index_np, _decode_index_jit),
+# ---- dispatch (refimpl.kernels.pick) ----------------------------------------------------------
+_KERNELS = {
+    "histogram": {"naive": _histogram_naive, "jit": njit(_histogram_naive)},
+    "find_bin": {"naive": _find_bin_naive, "jit": njit(_find_bin_naive)},
+    "bracket": {"naive": _bracket_naive, "jit": njit(_bracket_naive)},
+    "resolve": {"naive": _resolve_naive, "jit": njit(_resolve_naive)},
+    "keep_first_zeros": {"naive": _keep_first_zeros_naive, "jit": njit(_keep_first_zeros_naive)},
+    "masked_copy": {"naive": _masked_copy_naive, "np": _masked_copy_np,
+                    "jit": njit(_masked_copy_naive)},
+    "compact": {"naive": _compact_naive, "np": _compact_np, "jit": njit(_compact_naive)},
+    "decode_bitmap": {"naive": _decode_bitmap_naive, "np": _decode_bitmap_np,
+                      "jit": njit(_decode_bitmap_naive)},
+    "decode_index": {"naive": _decode_index_naive, "np": _decode_index_np,
+                     "jit": njit(_decode_index_naive)},
 }
 
 
 def _kernel(name: str, impl: str):
-    if impl not in IMPLS:
-        raise ValueError(f"cache kernels: unknown impl {impl!r}; valid: {', '.join(IMPLS)}")
-    return _TABLE[name][IMPLS.index(impl)]
+    return pick("cache kernels", _KERNELS, name, impl)
 
 
 def _check(name: str, got: int, expected: int) -> None:
@@ -427,7 +422,8 @@ def keep_bits(x, k: int, impl: str = "jit") -> np.ndarray:
     a flat float array x (numel,), 1 <= k < numel, ties by ascending index (CONV-4). Raises
     ValueError naming the first non-finite entry."""
     if impl not in IMPLS:
-        raise ValueError(f"cache kernels: unknown impl {impl!r}; valid: {', '.join(IMPLS)}")
+        raise ValueError(f"cache kernels: unknown kernel impl {impl!r} for keep_bits; valid: "
+                         f"{', '.join(IMPLS)}")
     bits, got = _keep_bits_np(x, k) if impl == "np" else _keep_bits_radix(x, k, impl)
     if bits is None:
         i = -1 - got

@@ -21,6 +21,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..core._jit import njit, prange
+from . import pick
 
 __all__ = ["IMPLS", "DEFAULT_IMPL", "conv2d_output_shape", "conv2d_forward", "conv2d_grad_input",
            "conv2d_grad_weight"]
@@ -49,7 +50,7 @@ def conv2d_output_shape(x_shape, w_shape, stride, padding, dilation, groups):
 
 
 # ---- naive loops (the oracle); the jit versions are these functions compiled ------------------
-def _forward_loops(x, w, stride, padding, dilation, groups, out):
+def _forward_naive(x, w, stride, padding, dilation, groups, out):
     """out[n, o, oh, ow] = Σ_{c, i, j} w[o, c, i, j] · x[n, c0 + c, oh·sh − ph + i·dh, ...]."""
     n_batch, c_in, h, wd = x.shape
     c_out, cg, kh, kw = w.shape
@@ -79,7 +80,7 @@ def _forward_loops(x, w, stride, padding, dilation, groups, out):
     return out
 
 
-def _grad_input_loops(g, w, stride, padding, dilation, groups, dx):
+def _grad_input_naive(g, w, stride, padding, dilation, groups, dx):
     """dx[n, c0 + c, ih, iw] = Σ w[o, c, i, j] · g[n, o, oh, ow] over oh·sh − ph + i·dh = ih."""
     n_batch, c_in, h, wd = dx.shape
     c_out, cg, kh, kw = w.shape
@@ -111,7 +112,7 @@ def _grad_input_loops(g, w, stride, padding, dilation, groups, dx):
     return dx
 
 
-def _grad_weight_loops(x, g, stride, padding, dilation, groups, dw_out):
+def _grad_weight_naive(x, g, stride, padding, dilation, groups, dw_out):
     """dw[o, c, i, j] = Σ_{n, oh, ow} g[n, o, oh, ow] · x[n, c0 + c, oh·sh − ph + i·dh, ...]."""
     n_batch, c_in, h, wd = x.shape
     c_out, cg, kh, kw = dw_out.shape
@@ -141,9 +142,9 @@ def _grad_weight_loops(x, g, stride, padding, dilation, groups, dw_out):
     return dw_out
 
 
-_forward_jit = njit(_forward_loops, parallel=True)
-_grad_input_jit = njit(_grad_input_loops, parallel=True)
-_grad_weight_jit = njit(_grad_weight_loops, parallel=True)
+_forward_jit = njit(_forward_naive, parallel=True)
+_grad_input_jit = njit(_grad_input_naive, parallel=True)
+_grad_weight_jit = njit(_grad_weight_naive, parallel=True)
 
 
 # ---- NumPy: im2col + BLAS ---------------------------------------------------------------------
@@ -170,12 +171,16 @@ def _im2col(x, kh, kw, stride, padding, dilation, oh, ow):
     return view.reshape(c * kh * kw, n * oh * ow)
 
 
-def _col2im(dcols, x_shape, kh, kw, stride, padding, dilation, oh, ow):
-    """Adjoint of :func:`_im2col`: scatter-add columns back into an (N, C, H, W) array, as
-    KH·KW strided adds."""
-    n, c, h, w = x_shape
+def _col2im(dcols, dx, kh, kw, stride, padding, dilation, oh, ow):
+    """Adjoint of :func:`_im2col`: scatter-add columns back into ``dx`` (N, C, H, W), as
+    KH·KW strided adds (into a padded scratch when there is padding)."""
+    n, c, h, w = dx.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dcols.dtype)
+    if ph or pw:
+        dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dcols.dtype)
+    else:
+        dxp = dx
+        dxp[...] = 0
     dxp_t = dxp.transpose(1, 0, 2, 3)  # a view in the columns' (c, n, h, w) order
     d6 = dcols.reshape(c, kh, kw, n, oh, ow)
     for i in range(kh):
@@ -183,8 +188,8 @@ def _col2im(dcols, x_shape, kh, kw, stride, padding, dilation, oh, ow):
             dxp_t[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh,
                   j * dw:j * dw + sw * (ow - 1) + 1:sw] += d6[:, i, j]
     if ph or pw:
-        return np.ascontiguousarray(dxp[:, :, ph:ph + h, pw:pw + w])
-    return dxp
+        dx[...] = dxp[:, :, ph:ph + h, pw:pw + w]
+    return dx
 
 
 def _group_view(a2, groups):
@@ -192,13 +197,14 @@ def _group_view(a2, groups):
     return a2.reshape(groups, a2.shape[0] // groups, a2.shape[1])
 
 
-def _forward_np(x, w, stride, padding, dilation, groups, out_shape):
-    n, o, oh, ow = out_shape
+def _forward_np(x, w, stride, padding, dilation, groups, out):
+    n, o, oh, ow = out.shape
     _, cg, kh, kw = w.shape
     cols = _im2col(x, kh, kw, stride, padding, dilation, oh, ow)
     # (G, O/G, Cg·KK) @ (G, Cg·KK, N·L) -> (G, O/G, N·L), i.e. (O, N, OH, OW)
     y = np.matmul(w.reshape(groups, o // groups, cg * kh * kw), _group_view(cols, groups))
-    return np.ascontiguousarray(y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3))
+    out[...] = y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3)
+    return out
 
 
 def _g_channel_major(g, groups):
@@ -207,61 +213,58 @@ def _g_channel_major(g, groups):
     return _group_view(np.ascontiguousarray(g.transpose(1, 0, 2, 3)).reshape(o, -1), groups)
 
 
-def _grad_input_np(g, w, x_shape, stride, padding, dilation, groups):
+def _grad_input_np(g, w, stride, padding, dilation, groups, dx):
     n, o, oh, ow = g.shape
     _, cg, kh, kw = w.shape
     wt = w.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1)
     dcols = np.matmul(wt, _g_channel_major(g, groups))  # (G, Cg·KK, N·L)
-    return _col2im(dcols.reshape(groups * cg * kh * kw, -1), x_shape, kh, kw, stride, padding,
+    return _col2im(dcols.reshape(groups * cg * kh * kw, -1), dx, kh, kw, stride, padding,
                    dilation, oh, ow)
 
 
-def _grad_weight_np(x, g, w_shape, stride, padding, dilation, groups):
+def _grad_weight_np(x, g, stride, padding, dilation, groups, dw):
     n, o, oh, ow = g.shape
-    _, cg, kh, kw = w_shape
+    _, cg, kh, kw = dw.shape
     cols = _im2col(x, kh, kw, stride, padding, dilation, oh, ow)
     # (G, O/G, N·L) @ (G, N·L, Cg·KK): the transpose is a stride change BLAS takes for free
-    dw = np.matmul(_g_channel_major(g, groups), _group_view(cols, groups).transpose(0, 2, 1))
-    return dw.reshape(w_shape)
+    dw[...] = np.matmul(_g_channel_major(g, groups),
+                        _group_view(cols, groups).transpose(0, 2, 1)).reshape(dw.shape)
+    return dw
 
 
-# ---- dispatch ---------------------------------------------------------------------------------
-def _check_impl(impl):
-    impl = DEFAULT_IMPL if impl is None else impl
-    if impl not in IMPLS:
-        raise ValueError(f"conv2d: unknown kernel impl {impl!r}; valid: {', '.join(IMPLS)}")
-    return impl
+# ---- dispatch (refimpl.kernels.pick) -----------------------------------------------------------
+# Every twin takes (a, b, stride, padding, dilation, groups, out) and fills ``out``.
+_KERNELS = {
+    "forward": {"naive": _forward_naive, "np": _forward_np, "jit": _forward_jit},
+    "grad_input": {"naive": _grad_input_naive, "np": _grad_input_np, "jit": _grad_input_jit},
+    "grad_weight": {"naive": _grad_weight_naive, "np": _grad_weight_np,
+                    "jit": _grad_weight_jit},
+}
 
 
-def conv2d_forward(x, w, stride, padding, dilation, groups, impl=None):
-    """y = conv2d(x, w) without bias; returns a new (N, O, OH, OW) array."""
-    impl = _check_impl(impl)
-    out_shape = conv2d_output_shape(x.shape, w.shape, stride, padding, dilation, groups)
-    if impl == "np":
-        return _forward_np(x, w, stride, padding, dilation, groups, out_shape)
-    out = np.empty(out_shape, dtype=x.dtype)
-    f = _forward_jit if impl == "jit" else _forward_loops
-    return f(np.ascontiguousarray(x), np.ascontiguousarray(w), tuple(stride), tuple(padding),
+def _run(op, impl, a, b, stride, padding, dilation, groups, out):
+    f = pick("conv2d", _KERNELS, op, DEFAULT_IMPL if impl is None else impl)
+    return f(np.ascontiguousarray(a), np.ascontiguousarray(b), tuple(stride), tuple(padding),
              tuple(dilation), int(groups), out)
+
+
+def conv2d_forward(x, w, stride, padding, dilation, groups, impl=None, bias=None):
+    """y = conv2d(x, w) (+ bias (O,), inside the layer); returns a new (N, O, OH, OW) array."""
+    out_shape = conv2d_output_shape(x.shape, w.shape, stride, padding, dilation, groups)
+    y = _run("forward", impl, x, w, stride, padding, dilation, groups,
+             np.empty(out_shape, dtype=x.dtype))
+    if bias is not None:
+        y += bias.reshape(1, -1, 1, 1)
+    return y
 
 
 def conv2d_grad_input(g, w, x_shape, stride, padding, dilation, groups, impl=None):
     """dx = ∂<g, conv2d(x, w)>/∂x; returns a new array of ``x_shape``."""
-    impl = _check_impl(impl)
-    if impl == "np":
-        return _grad_input_np(g, w, x_shape, stride, padding, dilation, groups)
-    dx = np.empty(x_shape, dtype=g.dtype)
-    f = _grad_input_jit if impl == "jit" else _grad_input_loops
-    return f(np.ascontiguousarray(g), np.ascontiguousarray(w), tuple(stride), tuple(padding),
-             tuple(dilation), int(groups), dx)
+    return _run("grad_input", impl, g, w, stride, padding, dilation, groups,
+                np.empty(x_shape, dtype=g.dtype))
 
 
 def conv2d_grad_weight(x, g, w_shape, stride, padding, dilation, groups, impl=None):
     """dw = ∂<g, conv2d(x, w)>/∂w; returns a new array of ``w_shape``."""
-    impl = _check_impl(impl)
-    if impl == "np":
-        return _grad_weight_np(x, g, w_shape, stride, padding, dilation, groups)
-    dw = np.empty(w_shape, dtype=x.dtype)
-    f = _grad_weight_jit if impl == "jit" else _grad_weight_loops
-    return f(np.ascontiguousarray(x), np.ascontiguousarray(g), tuple(stride), tuple(padding),
-             tuple(dilation), int(groups), dw)
+    return _run("grad_weight", impl, x, g, stride, padding, dilation, groups,
+                np.empty(w_shape, dtype=x.dtype))

@@ -1,7 +1,7 @@
 """Max-pooling kernels (SPEC CONV-5, SAP-4): plain loop functions, C-shaped (explicit output
 buffers, explicit bounds), compiled by :func:`refimpl.core._jit.njit` and parallel over the batch
-(each ``prange`` iteration writes its own sample). The vectorised NumPy code in
-:mod:`refimpl.ops.pool` computes the same function and is their oracle in the tests.
+(each ``prange`` iteration writes its own sample); the vectorised NumPy twins ``_np`` compute
+the same function (the default without Numba) and are their oracle in the tests.
 
 Forward: ``y[n, c, oh, ow]`` = max of ``x`` over the window, positions in the padding are -inf
 (never selected); ``arg`` = the window position (row-major, ``i·kw + j``) of the FIRST maximum,
@@ -15,11 +15,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..core._jit import njit, prange
+from . import pick
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward"]
 
 
-def _forward_loops(x, kh, kw, sh, sw, ph, pw, dh, dw, y, arg):
+def _forward_naive(x, kh, kw, sh, sw, ph, pw, dh, dw, y, arg):
     n_batch, channels, h, w = x.shape
     oh_size, ow_size = y.shape[2], y.shape[3]
     for n in prange(n_batch):
@@ -46,7 +47,7 @@ def _forward_loops(x, kh, kw, sh, sw, ph, pw, dh, dw, y, arg):
     return y, arg
 
 
-def _backward_loops(g, arg, kw, sh, sw, ph, pw, dh, dw, dx):
+def _backward_naive(g, arg, kh, kw, sh, sw, ph, pw, dh, dw, dx):
     n_batch, channels, h, w = dx.shape
     oh_size, ow_size = g.shape[2], g.shape[3]
     for n in prange(n_batch):
@@ -64,23 +65,62 @@ def _backward_loops(g, arg, kw, sh, sw, ph, pw, dh, dw, dx):
     return dx
 
 
-_forward_jit = njit(_forward_loops, parallel=True)
-_backward_jit = njit(_backward_loops, parallel=True)
+def _window(i, d, s, o):
+    """Padded positions of window offset ``i`` for all ``o`` outputs."""
+    return slice(i * d, i * d + s * (o - 1) + 1, s)
+
+
+def _forward_np(x, kh, kw, sh, sw, ph, pw, dh, dw, y, arg):
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf) \
+        if ph or pw else x
+    oh, ow = y.shape[2], y.shape[3]
+    y[...] = -np.inf
+    arg[...] = 0
+    for i in range(kh):
+        for j in range(kw):
+            v = xp[:, :, _window(i, dh, sh, oh), _window(j, dw, sw, ow)]
+            better = v > y  # strict: a later equal value never replaces the first maximum
+            np.copyto(y, v, where=better)
+            np.copyto(arg, np.uint8(i * kw + j), where=better)
+    return y, arg
+
+
+def _backward_np(g, arg, kh, kw, sh, sw, ph, pw, dh, dw, dx):
+    n, c, h, w = dx.shape
+    oh, ow = g.shape[2:]
+    dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=g.dtype)
+    zero = g.dtype.type(0)
+    for i in range(kh):
+        for j in range(kw):
+            # Overlapping windows (stride < kernel) add into the same input position.
+            dxp[:, :, _window(i, dh, sh, oh), _window(j, dw, sw, ow)] += np.where(
+                arg == i * kw + j, g, zero)
+    dx[...] = dxp[:, :, ph:ph + h, pw:pw + w]
+    return dx
+
+
+_KERNELS = {
+    "forward": {"naive": _forward_naive, "np": _forward_np,
+                "jit": njit(_forward_naive, parallel=True)},
+    "backward": {"naive": _backward_naive, "np": _backward_np,
+                 "jit": njit(_backward_naive, parallel=True)},
+}
+IMPLS = ("naive", "np", "jit")
 
 
 def max_pool2d_forward(x, kernel, stride, padding, dilation, oh, ow, impl="jit"):
     """(y, arg) of max pooling; ``impl="naive"`` runs the same loops interpreted."""
+    f = pick("max_pool2d", _KERNELS, "forward", impl)
     n, c = x.shape[:2]
     y = np.empty((n, c, oh, ow), dtype=x.dtype)
     arg = np.empty((n, c, oh, ow), dtype=np.uint8)
-    f = _forward_jit if impl == "jit" else _forward_loops
     return f(np.ascontiguousarray(x), kernel[0], kernel[1], stride[0], stride[1], padding[0],
              padding[1], dilation[0], dilation[1], y, arg)
 
 
 def max_pool2d_backward(g, arg, in_shape, kernel, stride, padding, dilation, impl="jit"):
     """dx of max pooling from the kept argmax positions; a new array of ``in_shape``."""
+    f = pick("max_pool2d", _KERNELS, "backward", impl)
     dx = np.empty(in_shape, dtype=g.dtype)
-    f = _backward_jit if impl == "jit" else _backward_loops
-    return f(np.ascontiguousarray(g), arg, kernel[1], stride[0], stride[1], padding[0],
+    return f(np.ascontiguousarray(g), arg, kernel[0], kernel[1], stride[0], stride[1], padding[0],
              padding[1], dilation[0], dilation[1], dx)

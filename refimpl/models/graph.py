@@ -16,12 +16,15 @@ order; biases, gains and BatchNorm parameters are dense.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import functional as F
-from ..sap import POLICIES, SapPolicy, SharedCache
+from ..core.tape import scope
+from ..kernels.masked_conv import WeightMask
+from ..sap import SapPolicy, SharedCache
 
 NORMS = ("nsconv", "bn", "none")
 
@@ -82,30 +85,31 @@ class ResidualBlock:
 class RunOptions:
     """How a forward pass runs, beyond the parameters.
 
-    masks: prunable weight name -> bool mask (None: a dense model, ERK-3). NSConv layers of a
-    dense model use an all-true mask. nsconv_stats: NSC-1 ``dense`` or NSC-2 ``masked``.
-    sap_gamma: SAP ratio γ ∈ [0, 1) as a decimal (counts by the exact rational, CONV-6);
-    cache_policy: ``dense`` | ``bitmap`` | ``index`` | ``auto`` (CACHE-2). Every conv and linear
-    layer caches its input under this policy when γ > 0 or the policy is not ``dense``; the first
-    conv of a block and its projection shortcut share one cache of their input (SAP-1). At γ = 0
-    ``auto`` stores the input itself (dense is smallest), so the default costs nothing.
+    masks: prunable weight name -> :class:`~refimpl.kernels.masked_conv.WeightMask` (a bool mask
+    is wrapped once here, so each layer's weight index is built once per mask change); None: a
+    dense model (ERK-3). NSConv layers of a dense model use an all-true mask. nsconv_stats: NSC-1
+    ``dense`` or NSC-2 ``masked``. sap: the run's :class:`refimpl.sap.SapPolicy` (None: no SAP,
+    every conv and linear keeps its input); under a policy every conv and linear layer caches its
+    input by it, and the first conv of a block and its projection shortcut share one cache of
+    their input (SAP-1).
     """
 
     masks: dict | None = None
     nsconv_stats: str = "dense"
-    sap_gamma: float = 0.0
-    cache_policy: str = "auto"
+    sap: SapPolicy | None = None
 
     def __post_init__(self):
-        if self.cache_policy not in POLICIES:
-            raise ValueError(f"RunOptions: unknown cache_policy {self.cache_policy!r}; valid: "
-                             f"{', '.join(POLICIES)}")
-        SapPolicy.make(self.sap_gamma, self.cache_policy)  # validates γ ∈ [0, 1)
-
-    @property
-    def sap_active(self) -> bool:
-        """Whether conv/linear inputs are cached under a SAP policy (else: the input itself)."""
-        return SapPolicy.make(self.sap_gamma, self.cache_policy) is not None
+        if self.sap is not None and not isinstance(self.sap, SapPolicy):
+            raise TypeError(f"RunOptions: sap must be a refimpl.sap.SapPolicy or None, received "
+                            f"{type(self.sap).__name__}; build it once with "
+                            f"SapPolicy.make(gamma, policy)")
+        if self.nsconv_stats not in ("dense", "masked"):
+            raise ValueError(f"RunOptions: nsconv_stats must be 'dense' or 'masked', received "
+                             f"{self.nsconv_stats!r}")
+        if self.masks is not None:
+            object.__setattr__(self, "masks", {
+                k: m if isinstance(m, WeightMask) else WeightMask(np.asarray(m, dtype=bool))
+                for k, m in self.masks.items()})
 
 
 @dataclass
@@ -172,37 +176,28 @@ def forward(model: Model, params, x, train: bool = True, options: RunOptions | N
     return _run(model.layers, model, params, x, train, options or RunOptions())
 
 
-def _mask(model: Model, name: str, opts: RunOptions):
-    if opts.masks is not None and name in opts.masks:
-        return opts.masks[name]
-    return None
-
-
-def _sap_kwargs(opts: RunOptions, shared: SharedCache | None = None) -> dict:
-    return {"sap_gamma": opts.sap_gamma, "cache_policy": opts.cache_policy,
-            "shared_cache": shared} if opts.sap_active else {}
-
-
-def _conv(layer: Conv, model, params, h, train, opts, shared=None):
+def _conv(layer: Conv, params, h, opts, shared=None, relu=False):
+    """The convolution of a conv unit (NSConv, or plain with its mask); ``relu``: fused."""
     w = params[f"{layer.name}.weight"]
     b = params.get(f"{layer.name}.bias")
-    mask = _mask(model, f"{layer.name}.weight", opts)
-    sap = _sap_kwargs(opts, shared)
+    mask = opts.masks.get(f"{layer.name}.weight") if opts.masks is not None else None
+    kw = {"sap": opts.sap, "shared_cache": shared, "relu": relu}
     if layer.norm == "nsconv":
         if mask is None:
-            mask = np.ones(layer.weight_shape, dtype=bool)
+            mask = WeightMask.counts(layer.weight_shape, math.prod(layer.weight_shape))
         return F.nsconv2d(h, w, mask, params[f"{layer.name}.gain"], b, stride=layer.stride,
                           padding=layer.padding, groups=layer.groups, stats=opts.nsconv_stats,
-                          **sap)
-    h = F.conv2d(h, w, b, stride=layer.stride, padding=layer.padding, groups=layer.groups,
-                 mask=mask, **sap)
-    if layer.norm == "bn":
-        h = F.batch_norm2d(
-            h, model.buffers[f"{layer.name}.bn.running_mean"],
-            model.buffers[f"{layer.name}.bn.running_var"],
-            params[f"{layer.name}.bn.weight"], params[f"{layer.name}.bn.bias"], training=train,
-        )
-    return h
+                          **kw)
+    return F.conv2d(h, w, b, stride=layer.stride, padding=layer.padding, groups=layer.groups,
+                    mask=mask, **kw)
+
+
+def _batch_norm(layer: Conv, model, params, h, train):
+    return F.batch_norm2d(
+        h, model.buffers[f"{layer.name}.bn.running_mean"],
+        model.buffers[f"{layer.name}.bn.running_var"],
+        params[f"{layer.name}.bn.weight"], params[f"{layer.name}.bn.bias"], training=train,
+    )
 
 
 def shares_input_cache(block: ResidualBlock) -> bool:
@@ -212,30 +207,61 @@ def shares_input_cache(block: ResidualBlock) -> bool:
                 and isinstance(block.shortcut[0], Conv))
 
 
-def _run(layers, model, params, h, train, opts, shared=None):
+def _run(layers, model, params, h, train, opts, shared=None, last="input"):
     """Run ``layers`` on ``h``; ``shared`` (a SharedCache of ``h``) goes to the first layer when
-    it is a conv."""
+    it is a conv. Every layer runs in a tape scope named after it (the memory ledger's rows):
+    a conv or linear by its name, a ReLU or max-pool as ``<previous layer>.relu`` /
+    ``.maxpool``, a block's add and closing ReLU as ``<block>.add`` / ``<block>.relu``. A ReLU
+    right after a conv is fused into it (one node, in the conv's scope: the same function,
+    one output buffer instead of two)."""
+    fused = False
     for i, layer in enumerate(layers):
         first_shared = shared if i == 0 else None
+        if fused:  # this ReLU ran inside the conv before it
+            fused = False
+            continue
         if isinstance(layer, Conv):
-            h = _conv(layer, model, params, h, train, opts, first_shared)
+            # Each step rebinds h, so a buffer is freed as soon as its last reader has run
+            # (the liveness of MEM-5). A ReLU after BatchNorm cannot fuse into the conv.
+            fused = i + 1 < len(layers) and isinstance(layers[i + 1], ReLU)
+            with scope(layer.name):
+                h = _conv(layer, params, h, opts, first_shared, fused and layer.norm != "bn")
+                if layer.norm == "bn":
+                    h = _batch_norm(layer, model, params, h, train)
+            if fused and layer.norm == "bn":
+                with scope(f"{layer.name}.relu"):
+                    h = F.relu(h)
+            last = layer.name
         elif isinstance(layer, Linear):
-            h = F.linear(h, params[f"{layer.name}.weight"], params.get(f"{layer.name}.bias"),
-                         **_sap_kwargs(opts))
+            with scope(layer.name):
+                h = F.linear(h, params[f"{layer.name}.weight"], params.get(f"{layer.name}.bias"),
+                             sap=opts.sap)
+            last = layer.name
         elif isinstance(layer, ReLU):
-            h = F.relu(h)
-        elif isinstance(layer, MaxPool):
-            h = F.max_pool2d(h, layer.kernel, layer.stride)
-        elif isinstance(layer, GlobalAvgPool):
-            h = F.global_avg_pool2d(h)
-        elif isinstance(layer, ResidualBlock):
-            slot = SharedCache() if opts.sap_active and shares_input_cache(layer) else None
-            body = _run(layer.body, model, params, h, train, opts, slot)
-            short = _run(layer.shortcut, model, params, h, train, opts, slot) if layer.shortcut \
-                else h
-            h = F.add(body, short)
-            if layer.relu:
+            with scope(f"{last}.relu"):
                 h = F.relu(h)
+        elif isinstance(layer, MaxPool):
+            with scope(f"{last}.maxpool"):
+                h = F.max_pool2d(h, layer.kernel, layer.stride)
+        elif isinstance(layer, GlobalAvgPool):
+            with scope("avgpool"):
+                h = F.global_avg_pool2d(h)
+            last = "avgpool"
+        elif isinstance(layer, ResidualBlock):
+            block = layer.body[0].name.rsplit(".", 1)[0] if layer.body else last
+            slot = SharedCache() if opts.sap is not None and shares_input_cache(layer) else None
+            x_in, h = h, None  # the block input lives as long as a branch still reads it
+            body = _run(layer.body, model, params, x_in, train, opts, slot, last)
+            short = _run(layer.shortcut, model, params, x_in, train, opts, slot, last) \
+                if layer.shortcut else x_in
+            del x_in
+            with scope(f"{block}.add"):
+                h = F.add(body, short)
+            del body, short
+            last = block
+            if layer.relu:
+                with scope(f"{block}.relu"):
+                    h = F.relu(h)
         else:  # pragma: no cover - guarded by the builders
             raise TypeError(f"unknown layer {layer!r}")
     return h

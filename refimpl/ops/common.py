@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core.tape import Spec
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def check_float(op: str, **arrays) -> np.dtype:
-    """All given arrays (None skipped) must be float32 or float64 and share one dtype (CONV-2)."""
+    """All given arrays (None skipped) must be float32 or float64 and share one dtype (CONV-2).
+    A :class:`~refimpl.core.tape.Spec` (a dry trace's stand-in) passes like an array."""
     dtype = None
     first = None
     for name, a in arrays.items():
         if a is None:
             continue
-        if not isinstance(a, np.ndarray):
+        if not isinstance(a, (np.ndarray, Spec)):
             raise TypeError(f"{op}: {name} must be a numpy array, received {type(a).__name__}")
         if a.dtype not in FLOAT_DTYPES:
             raise TypeError(

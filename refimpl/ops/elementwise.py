@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.tape import Primitive, Residual
+from ..core.tape import Plan, Primitive, Residual, Spec
 from .common import unbroadcast
 
 
@@ -16,6 +16,7 @@ class ReluRes(Residual):
     """Packed bitmap of (out > 0), 8 positions per byte, little bit order (SAP-4);
     ``ceil(numel / 8)`` bytes."""
 
+    category = "relu_bitmap"
     bits: np.ndarray  # uint8, (ceil(numel/8),)
     shape: tuple[int, ...]
 
@@ -34,7 +35,13 @@ def relu_vjp(res, g, params, needs):
     return (g * positive.astype(g.dtype),)
 
 
-RELU = Primitive("relu", relu_fwd, relu_vjp)
+def relu_plan(specs, params, needs):
+    (x,) = specs
+    res = ReluRes(Spec(((x.size + 7) // 8,), np.uint8), x.shape) if needs[0] else None
+    return Plan(Spec(x.shape, x.dtype), res)
+
+
+RELU = Primitive("relu", relu_fwd, relu_vjp, relu_plan)
 
 
 # ---- add --------------------------------------------------------------------------------------
@@ -59,7 +66,12 @@ def add_vjp(res, g, params, needs):
     )
 
 
-ADD = Primitive("add", add_fwd, add_vjp)
+def add_plan(specs, params, needs):
+    a, b = specs
+    return Plan(Spec(np.broadcast_shapes(a.shape, b.shape), a.dtype), AddRes(a.shape, b.shape))
+
+
+ADD = Primitive("add", add_fwd, add_vjp, add_plan)
 
 
 # ---- mul --------------------------------------------------------------------------------------
@@ -88,4 +100,10 @@ def mul_vjp(res, g, params, needs):
     )
 
 
-MUL = Primitive("mul", mul_fwd, mul_vjp)
+def mul_plan(specs, params, needs):
+    a, b = specs
+    res = MulRes(a if needs[1] else None, b if needs[0] else None, a.shape, b.shape)
+    return Plan(Spec(np.broadcast_shapes(a.shape, b.shape), a.dtype), res)
+
+
+MUL = Primitive("mul", mul_fwd, mul_vjp, mul_plan)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.tape import Primitive, Residual
+from ..core.tape import Plan, Primitive, Residual, Spec
 
 
 @dataclass(frozen=True, eq=False)
@@ -19,6 +19,7 @@ class CrossEntropyParams:
 class CrossEntropyRes(Residual):
     """Softmax probabilities (N, C) in the logits' dtype and the int64 labels (N,) (SAP-4)."""
 
+    category = "loss"
     probs: np.ndarray
     target: np.ndarray
 
@@ -48,4 +49,12 @@ def cross_entropy_vjp(res, g, p, needs):
     return (d * scale,)
 
 
-CROSS_ENTROPY = Primitive("cross_entropy", cross_entropy_fwd, cross_entropy_vjp)
+def cross_entropy_plan(specs, p, needs):
+    (x,) = specs
+    res = CrossEntropyRes(Spec(x.shape, x.dtype), Spec(p.target.shape, np.int64)) if needs[0] \
+        else None
+    return Plan(Spec((), x.dtype), res)
+
+
+CROSS_ENTROPY = Primitive("cross_entropy", cross_entropy_fwd, cross_entropy_vjp,
+                          cross_entropy_plan)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.tape import Primitive, Residual
+from ..core.tape import Plan, Primitive, Residual, Spec
 
 
 @dataclass(frozen=True, eq=False)
@@ -27,6 +27,7 @@ class BatchNormRes(Residual):
     weight is a reference to the op's operand."""
 
     operands = {"weight": 1}
+    category = "bn"
     xhat: np.ndarray | None
     invstd: np.ndarray
     weight: np.ndarray | None
@@ -76,4 +77,15 @@ def batch_norm_vjp(res, g, p, needs):
     return dx, dw, db
 
 
-BATCH_NORM = Primitive("batch_norm", batch_norm_fwd, batch_norm_vjp)
+def batch_norm_plan(specs, p, needs):
+    x, weight, bias = specs
+    res = None
+    if any(needs):
+        keep_xhat = needs[1] or (needs[0] and p.training)
+        res = BatchNormRes(Spec(x.shape, x.dtype) if keep_xhat else None,
+                           Spec((x.shape[1],), x.dtype),
+                           weight if (needs[0] and weight is not None) else None)
+    return Plan(Spec(x.shape, x.dtype), res)
+
+
+BATCH_NORM = Primitive("batch_norm", batch_norm_fwd, batch_norm_vjp, batch_norm_plan)

@@ -20,6 +20,12 @@ Gradients flow to W and g through μ and s² (NSC-3). With G = ∂L/∂Ŵ ⊙ M:
 Residuals: only the per-channel r_o and the clamp flags. The centred weights are recomputed
 from W in the vjp: W is a leaf (a parameter), so referring to it costs no memory, while keeping
 ``c`` would hold another weight-sized buffer.
+
+Layout of Ŵ (``packed``): a masked layer's Ŵ exists only at its active positions (NSC-3), so
+the primitive returns its active values (nnz,) in weight-index order (= ``Ŵ[M]``), which the
+masked convolution consumes directly; the conv keeps that for its input gradient, nnz·itemsize
+bytes instead of a dense copy (MEM-1 ``standardised_kernel``). The statistics are computed on
+the dense W exactly as above, so every value is bit-identical to the dense layout's.
 """
 
 from __future__ import annotations
@@ -28,16 +34,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.tape import Primitive, Residual
+from ..core.tape import Plan, Primitive, Residual, Spec
+from ..kernels import masked_conv as MK
 
 STATS = ("dense", "masked")
 
 
 @dataclass(frozen=True, eq=False)
 class StandardizeParams:
-    mask: np.ndarray  # bool, the weight's shape; a constant (never needs a gradient)
+    mask: MK.WeightMask  # the weight's mask; a constant (never needs a gradient)
     stats: str  # "dense" | "masked"
     eps: float
+    packed: bool = False  # return Ŵ's active values (nnz,) in index order, not the dense Ŵ
 
 
 @dataclass(eq=False)
@@ -46,6 +54,7 @@ class StandardizeRes(Residual):
     weights' dtype; ``unclamped`` (C_out,) bool, whether v_o > ε."""
 
     operands = {"w": 0, "gain": 1}
+    category = "nsconv_scale"
     w: np.ndarray
     gain: np.ndarray
     r: np.ndarray
@@ -56,7 +65,7 @@ def _centre(w: np.ndarray, p: StandardizeParams):
     """Per-channel averaging set, count, centred weights c and Σc², all (C_out, fan_in)."""
     o = w.shape[0]
     w2 = w.reshape(o, -1)
-    m2 = p.mask.reshape(o, -1)
+    m2 = p.mask.mask.reshape(o, -1)
     if p.stats == "dense":
         a = np.ones_like(m2)
         count = np.full(o, w2.shape[1], dtype=np.int64)
@@ -81,17 +90,20 @@ def standardize_fwd(inputs, p, needs):
     v = ss * _scale_factor(count, w.dtype)
     eps = w.dtype.type(p.eps)
     r = np.sqrt(np.maximum(v, eps))
-    what = (gain[:, None] * c / r[:, None]) * p.mask.reshape(w.shape[0], -1)
+    what = (gain[:, None] * c / r[:, None]) * p.mask.mask.reshape(w.shape[0], -1)
     what[count == 0] = 0
     res = StandardizeRes(w, gain, r, v > eps) if any(needs) else None
-    return what.reshape(w.shape), res
+    what = what.reshape(w.shape)
+    return (MK.gather(what, p.mask.index) if p.packed else what), res
 
 
 def standardize_vjp(res, g, p, needs):
     w, gain, r = res.w, res.gain, res.r
     o = w.shape[0]
     a, count, c, _ = _centre(w, p)
-    gm = g.reshape(o, -1) * p.mask.reshape(o, -1)
+    if p.packed:
+        g = MK.scatter(g, p.mask.index)
+    gm = g.reshape(o, -1) * p.mask.mask.reshape(o, -1)
     gc = np.sum(gm * c, axis=1)
     dw = dgain = None
     if needs[1]:
@@ -107,4 +119,15 @@ def standardize_vjp(res, g, p, needs):
     return dw, dgain
 
 
-STANDARDIZE = Primitive("nsconv_standardize", standardize_fwd, standardize_vjp)
+def standardize_plan(specs, p, needs):
+    """Ŵ's Spec (dense, or (nnz,) packed) and the record of r and the clamp flags. The lean
+    standardisation works channel by channel on the active values: no workspace."""
+    w, gain = specs
+    o = w.shape[0]
+    out = Spec((p.mask.nnz,) if p.packed else w.shape, w.dtype)
+    res = StandardizeRes(w, gain, Spec((o,), w.dtype), Spec((o,), np.bool_)) if any(needs) \
+        else None
+    return Plan(out, res)
+
+
+STANDARDIZE = Primitive("nsconv_standardize", standardize_fwd, standardize_vjp, standardize_plan)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core import _jit
-from ..core.tape import Primitive, Residual
+from ..core.tape import Plan, Primitive, Residual, Spec
 from ..kernels import pool as PK
 
 
@@ -23,6 +23,7 @@ class PoolParams:
     dilation: tuple[int, int]
     count_include_pad: bool = True
     divisor_override: int | None = None
+    impl: str | None = None  # max-pool kernel twin (refimpl.kernels.pool); None = default
 
 
 def pool_output_hw(op: str, h: int, w: int, p: PoolParams) -> tuple[int, int]:
@@ -52,62 +53,42 @@ class MaxPoolRes(Residual):
     """Argmax position inside each window, row-major window order, as uint8 (SAP-4):
     one byte per output element."""
 
+    category = "maxpool_argmax"
     arg: np.ndarray  # uint8 (N, C, OH, OW)
     in_shape: tuple[int, ...]
 
 
+def _pool_impl(p) -> str:
+    """The kernel twin: ``p.impl``, else the compiled loops when Numba is on, else NumPy."""
+    if p.impl is not None:
+        return p.impl
+    return "jit" if _jit.JIT_ENABLED else "np"
+
+
 def max_pool2d_fwd(inputs, p, needs):
     """y[n,c,i,j] = max over the window; the first maximum in row-major window order wins
-    (CONV-5), so equal values route the gradient to the earliest position. Compiled kernels
-    (:mod:`refimpl.kernels.pool`) when Numba is on; this vectorised NumPy code otherwise (and
-    as their oracle in the tests)."""
+    (CONV-5), so equal values route the gradient to the earliest position
+    (:mod:`refimpl.kernels.pool`)."""
     (x,) = inputs
-    n, c, h, w = x.shape
-    oh, ow = pool_output_hw("max_pool2d", h, w, p)
-    if _jit.JIT_ENABLED:
-        y, arg = PK.max_pool2d_forward(x, p.kernel, p.stride, p.padding, p.dilation, oh, ow)
-        return y, (MaxPoolRes(arg, x.shape) if needs[0] else None)
-    return _max_pool2d_fwd_np(x, p, oh, ow, needs)
-
-
-def _max_pool2d_fwd_np(x, p, oh, ow, needs):
-    n, c, h, w = x.shape
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p.kernel, p.stride, p.padding, p.dilation
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf) if ph or pw else x
-    y = np.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
-    arg = np.zeros((n, c, oh, ow), dtype=np.uint8)
-    for i in range(kh):
-        for j in range(kw):
-            v = xp[:, :, _window_slice(i, dh, sh, oh), _window_slice(j, dw, sw, ow)]
-            better = v > y  # strict: a later equal value never replaces the first maximum
-            np.copyto(y, v, where=better)
-            np.copyto(arg, np.uint8(i * kw + j), where=better)
+    oh, ow = pool_output_hw("max_pool2d", x.shape[2], x.shape[3], p)
+    y, arg = PK.max_pool2d_forward(x, p.kernel, p.stride, p.padding, p.dilation, oh, ow,
+                                   impl=_pool_impl(p))
     return y, (MaxPoolRes(arg, x.shape) if needs[0] else None)
 
 
 def max_pool2d_vjp(res, g, p, needs):
-    if _jit.JIT_ENABLED:
-        return (PK.max_pool2d_backward(g, res.arg, res.in_shape, p.kernel, p.stride, p.padding,
-                                       p.dilation),)
-    return _max_pool2d_vjp_np(res, g, p)
+    return (PK.max_pool2d_backward(g, res.arg, res.in_shape, p.kernel, p.stride, p.padding,
+                                   p.dilation, impl=_pool_impl(p)),)
 
 
-def _max_pool2d_vjp_np(res, g, p):
-    n, c, h, w = res.in_shape
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p.kernel, p.stride, p.padding, p.dilation
-    oh, ow = g.shape[2:]
-    dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=g.dtype)
-    zero = g.dtype.type(0)
-    for i in range(kh):
-        for j in range(kw):
-            # Overlapping windows (stride < kernel) add into the same input position.
-            dxp[:, :, _window_slice(i, dh, sh, oh), _window_slice(j, dw, sw, ow)] += np.where(
-                res.arg == i * kw + j, g, zero
-            )
-    return (dxp[:, :, ph : ph + h, pw : pw + w].copy() if ph or pw else dxp,)
+def max_pool2d_plan(specs, p, needs):
+    (x,) = specs
+    oh, ow = pool_output_hw("max_pool2d", x.shape[2], x.shape[3], p)
+    out = (x.shape[0], x.shape[1], oh, ow)
+    return Plan(Spec(out, x.dtype), MaxPoolRes(Spec(out, np.uint8), x.shape) if needs[0] else None)
 
 
-MAX_POOL2D = Primitive("max_pool2d", max_pool2d_fwd, max_pool2d_vjp)
+MAX_POOL2D = Primitive("max_pool2d", max_pool2d_fwd, max_pool2d_vjp, max_pool2d_plan)
 
 
 # ---- avg_pool2d -------------------------------------------------------------------------------
@@ -160,7 +141,13 @@ def avg_pool2d_vjp(res, g, p, needs):
     return (dxp[:, :, ph : ph + h, pw : pw + w].copy() if ph or pw else dxp,)
 
 
-AVG_POOL2D = Primitive("avg_pool2d", avg_pool2d_fwd, avg_pool2d_vjp)
+def avg_pool2d_plan(specs, p, needs):
+    (x,) = specs
+    oh, ow = pool_output_hw("avg_pool2d", x.shape[2], x.shape[3], p)
+    return Plan(Spec((x.shape[0], x.shape[1], oh, ow), x.dtype), AvgPoolRes(x.shape))
+
+
+AVG_POOL2D = Primitive("avg_pool2d", avg_pool2d_fwd, avg_pool2d_vjp, avg_pool2d_plan)
 
 
 # ---- global_avg_pool2d ------------------------------------------------------------------------
@@ -176,4 +163,10 @@ def global_avg_pool2d_vjp(res, g, params, needs):
     return (np.array(np.broadcast_to(gd[:, :, None, None], res.in_shape)),)
 
 
-GLOBAL_AVG_POOL2D = Primitive("global_avg_pool2d", global_avg_pool2d_fwd, global_avg_pool2d_vjp)
+def global_avg_pool2d_plan(specs, params, needs):
+    (x,) = specs
+    return Plan(Spec(x.shape[:2], x.dtype), AvgPoolRes(x.shape))
+
+
+GLOBAL_AVG_POOL2D = Primitive("global_avg_pool2d", global_avg_pool2d_fwd, global_avg_pool2d_vjp,
+                              global_avg_pool2d_plan)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.tape import Primitive, Residual
+from ..core.tape import Plan, Primitive, Residual, Spec
 
 
 @dataclass(frozen=True)
@@ -41,4 +41,12 @@ def reduce_vjp(res, g, params, needs):
     return (np.array(np.broadcast_to(g, res.in_shape)),)
 
 
-REDUCE = Primitive("reduce", reduce_fwd, reduce_vjp)
+def reduce_plan(specs, params, needs):
+    (x,) = specs
+    shape = [1 if i in params.axes else s for i, s in enumerate(x.shape)]
+    if not params.keepdim:
+        shape = [s for i, s in enumerate(shape) if i not in params.axes]
+    return Plan(Spec(shape, x.dtype), ReduceRes(x.shape))
+
+
+REDUCE = Primitive("reduce", reduce_fwd, reduce_vjp, reduce_plan)

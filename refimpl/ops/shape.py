@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.tape import Primitive, Residual
+from ..core.tape import Plan, Primitive, Residual, Spec
 
 
 @dataclass(frozen=True)
@@ -29,4 +29,9 @@ def reshape_vjp(res, g, params, needs):
     return (np.reshape(g, res.in_shape),)
 
 
-RESHAPE = Primitive("reshape", reshape_fwd, reshape_vjp)
+def reshape_plan(specs, params, needs):
+    (x,) = specs
+    return Plan(Spec(params.shape, x.dtype), ReshapeRes(x.shape))
+
+
+RESHAPE = Primitive("reshape", reshape_fwd, reshape_vjp, reshape_plan)
