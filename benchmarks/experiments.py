@@ -136,6 +136,7 @@ class Result:
     comm: list = field(default_factory=list)
     seconds: list = field(default_factory=list)
     curves: list = field(default_factory=list)  # (rounds, accuracies) per seed
+    adjustments: list = field(default_factory=list)  # mask adjustment rounds (first seed's)
     config: dict | None = None
     footprint: int | None = None
     activation: int | None = None
@@ -162,6 +163,8 @@ def collect(out: Path, rows: list[Row], rounds: int) -> list[Result]:
             r.comm.append(summ["bytes_up_total"] + summ["bytes_down_total"])
             r.seconds.append(summ["seconds"])
             r.curves.append(([t for t, _ in evals], [a for _, a in evals]))
+            if not r.adjustments:
+                r.adjustments = [x["round"] for x in recs if x["adjustment"]]
             r.activation_measured = summ["activation_bytes_max"]
             if r.config is None:
                 import tomllib
@@ -226,48 +229,99 @@ def table(results: list[Result], baseline: dict) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def plots(results: list[Result], outdir: Path) -> list[str]:
-    try:
-        import matplotlib
+_SHORT = {"nosap": "no SAP", "nobae": "no BaE", "bn": "BatchNorm", "maskedstats": "masked stats",
+          "nonorm": "no norm"}
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
-    outdir.mkdir(parents=True, exist_ok=True)
-    names = []
-    for d in DENSITIES:
-        fig, ax = plt.subplots(figsize=(6.4, 4))
-        for r in results:
-            if r.row.group != "main" or r.row.density not in (d, "1") or not r.curves:
-                continue
-            t = r.curves[0][0]
-            acc = [_mean([c[1][i] for c in r.curves]) for i in range(len(t))]
-            ax.plot(t, acc, label=r.row.name)
-        ax.set_xlabel("round")
-        ax.set_ylabel(f"test accuracy (mean over seeds {MAIN_SEEDS})")
-        ax.set_title(f"Fashion-MNIST, cnn, density {d}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        name = f"accuracy_d{d}.png"
-        fig.tight_layout()
-        fig.savefig(outdir / name, dpi=110, metadata={"Software": None})
-        plt.close(fig)
-        names.append(name)
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    for r in results:
-        if r.footprint is None or not r.last10:
+
+def _short(row: Row) -> str:
+    """A point's label in the footprint plot: the method for a main row, else what the
+    ablation or sweep changes in FedMef (colour, marker and fill say method, density, kind)."""
+    if row.group == "main":
+        return row.method
+    tag = row.name.removeprefix(f"{row.method}-").removesuffix(f"-d{row.density}")
+    for prefix, sym in (("gamma", "γ"), ("lambda", "λ")):
+        if tag.startswith(prefix):
+            return f"{sym} = {tag[len(prefix):]}"
+    return _SHORT.get(tag, tag)
+
+
+def _point(row: Row, footprint: float, accuracy: float) -> dict:
+    """One point of the footprint plot; the marker says the density, so the label drops it."""
+    return {"label": _short(row), "method": row.method,
+            "density": float(row.density), "footprint": footprint, "accuracy": accuracy,
+            "filled": row.group == "main",
+            "priority": {"main": 0, "ablation": 1}.get(row.group, 2)}
+
+
+def footprint_plot(points: list[dict], path: Path) -> list[int]:
+    """docs/results/footprint_vs_accuracy.png from its points (see :func:`_point`); returns
+    the indices of the points left without a label."""
+    from refimpl.fl.plots import save_footprint_accuracy
+
+    seeds = ", ".join(map(str, MAIN_SEEDS))
+    _, skipped = save_footprint_accuracy(
+        points, path, "memory against accuracy: every run of the grid\n"
+        "Fashion-MNIST, cnn, 100 clients (Dirichlet 0.5), 25 rounds",
+        xlabel="paper-style footprint per client: sparse model + activation cache at batch 64",
+        ylabel="test accuracy (%), mean of the last 10 evaluations",
+        fill_labels=(f"main row (mean of seeds {seeds})",
+                     "FedMef ablation or sweep\n(seed 0; label: what changes)"))
+    return skipped
+
+
+def points_from_report(text: str) -> list[dict]:
+    """The footprint plot's points read back from the tables of a docs/results.md that
+    :func:`report` wrote: for redrawing the picture when the run directories are gone (the
+    accuracy curves are not in the tables; they need the runs)."""
+    import re
+
+    rows = {r.name: r for r in grid()}
+    cell = r"\s*([^|]*?)\s*\|"
+    pattern = re.compile(r"^\|[^[|]*\[([^,\]]+), seeds [^\]]*\]\s*\|" + cell * 4)
+    points = []
+    for line in text.splitlines():
+        m = pattern.match(line)
+        if not m or m[5] == "-" or m[4] == "not run":
             continue
-        ax.scatter(r.footprint / 1024, _mean(r.last10), s=18)
-        ax.annotate(r.row.name, (r.footprint / 1024, _mean(r.last10)), fontsize=6)
-    ax.set_xscale("log")
-    ax.set_xlabel("paper-style footprint per client, KiB (log)")
-    ax.set_ylabel("mean of last 10 evaluations")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(outdir / "footprint_vs_accuracy.png", dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    names.append("footprint_vs_accuracy.png")
+        if m[1] not in rows:
+            raise ValueError(f"docs/results.md names a row {m[1]!r} that the grid does not "
+                             f"have; rerun the grid (`make experiments`) to rebuild the report")
+        points.append(_point(rows[m[1]], float(m[5].replace(",", "")) * 1024,
+                             float(m[4].split()[0])))
+    return points
+
+
+def plots(results: list[Result], outdir: Path) -> list[str]:
+    """The report's pictures: per density, the main rows' mean accuracy curves; and the
+    footprint against accuracy of every row. A failure is one printed line, not a lost
+    report."""
+    from refimpl.fl.plots import save_accuracy_overlay
+
+    names = []
+    try:
+        for d in DENSITIES:
+            series = []
+            for r in results:
+                if r.row.group != "main" or r.row.density not in (d, "1") or not r.curves:
+                    continue
+                t = r.curves[0][0]
+                acc = [_mean([c[1][i] for c in r.curves]) for i in range(len(t))]
+                series.append({"label": f"{r.row.name}: {r.row.label}", "rounds": t,
+                               "accuracy": acc, "adjustments": r.adjustments,
+                               "method": r.row.method, "density": float(r.row.density)})
+            if series:
+                name = f"accuracy_d{d}.png"
+                save_accuracy_overlay(
+                    series, outdir / name, f"main rows at density {d}, with dense FedAvg\n"
+                    f"Fashion-MNIST, cnn; mean over seeds {', '.join(map(str, MAIN_SEEDS))}")
+                names.append(name)
+        points = [_point(r.row, r.footprint, _mean(r.last10)) for r in results
+                  if r.footprint is not None and r.last10]
+        if points:
+            footprint_plot(points, outdir / "footprint_vs_accuracy.png")
+            names.append("footprint_vs_accuracy.png")
+    except Exception as e:  # the tables do not need the pictures
+        print(f"plots not written ({type(e).__name__}: {e})")
     return names
 
 
@@ -347,9 +401,18 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
     ap.add_argument("--only", nargs="*", help="row names to run (default: all)")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--replot", action="store_true",
+                    help="only redraw docs/results/footprint_vs_accuracy.png from the tables of "
+                    "docs/results.md (when the run directories are gone)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     rows = grid()
+    if args.replot:
+        pic = ROOT / "docs" / "results" / "footprint_vs_accuracy.png"
+        skipped = footprint_plot(points_from_report((ROOT / "docs" / "results.md").read_text()),
+                                 pic)
+        print(f"wrote {pic} ({len(skipped)} point(s) without a label)")
+        return 0
     if args.only:
         unknown = set(args.only) - {r.name for r in rows}
         if unknown:

@@ -10,11 +10,14 @@ depends only on the partition (not on the Python/NumPy version or the platform's
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["partition_report", "partition_hash", "format_report", "save_heatmap"]
+__all__ = ["partition_report", "partition_hash", "format_report", "save_heatmap",
+           "heatmap_figsize", "HEATMAP_DPI"]
 
 _HASH_TAG = b"fedmef-partition/v1\n"
 
@@ -114,30 +117,67 @@ def format_report(report: dict, max_rows: int | None = None, class_names=None) -
     return "\n".join(lines)
 
 
+#: Resolution of :func:`save_heatmap`'s PNG (dots per inch); its size is
+#: :func:`heatmap_figsize` inches.
+HEATMAP_DPI = 100
+
+
+def heatmap_figsize(num_clients: int, num_classes: int) -> tuple[float, float]:
+    """Width and height in inches of :func:`save_heatmap`'s picture."""
+    return (min(5.0 + 0.28 * num_clients, 14.0), min(3.4 + 0.3 * num_classes, 12.0))
+
+
 def save_heatmap(report: dict, path, class_names=None) -> Path:
-    """Write a PNG heatmap of the label histograms (clients on x, classes on y). Needs
-    matplotlib (uses its Agg canvas directly, no pyplot state)."""
+    """Write a PNG picture of a partition: each client's share of every class as a heatmap
+    (clients on x, classes on y, top to bottom), the client sizes as bars above it, and the
+    counts in the cells when they fit. Needs matplotlib (uses its Agg canvas directly, no
+    pyplot state); written atomically, the same bytes for the same report."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
     except ModuleNotFoundError as e:
         raise ModuleNotFoundError("save_heatmap needs matplotlib: `pip install "
                                   "matplotlib==3.11.2`.", name="matplotlib") from e
     hist = np.asarray(report["histograms"], dtype=np.int64).reshape(report["num_clients"],
                                                                     report["num_classes"])
     K, C = hist.shape
-    fig = Figure(figsize=(min(4 + K * 0.12, 20), min(2 + C * 0.3, 12)), dpi=100)
+    sizes = hist.sum(axis=1)
+    share = 100.0 * hist / np.maximum(sizes, 1)[:, None]
+    names = [str(c) for c in (class_names if class_names is not None else range(C))]
+    fig = Figure(figsize=heatmap_figsize(K, C), dpi=HEATMAP_DPI, layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    im = ax.imshow(hist.T, aspect="auto", interpolation="nearest", cmap="viridis",
-                   origin="lower")
-    ax.set_xlabel("client")
-    ax.set_ylabel("class")
-    if class_names is not None and C <= 40:
-        ax.set_yticks(range(C), [str(c) for c in class_names])
-    ax.set_title(f"{K} clients, {C} classes, sha256 {report['hash'][:12]}")
-    fig.colorbar(im, ax=ax, label="samples")
-    fig.tight_layout()
+    top, ax = fig.subplots(2, 1, sharex=True, height_ratios=(1, 3.2))
+    top.bar(np.arange(K), sizes, width=0.8, color="0.45")
+    top.set_ylabel("examples\nper client")
+    top.yaxis.set_major_locator(MaxNLocator(nbins=3, integer=True))
+    top.grid(axis="y", alpha=0.3)
+    im = ax.imshow(share.T, aspect="auto", interpolation="nearest", cmap="Blues", vmin=0,
+                   vmax=100, origin="upper")
+    counts = K <= 30 and C <= 20  # the counts fit in the cells: the picture holds the table
+    if counts:
+        for k in range(K):
+            for c in range(C):
+                if hist[k, c]:
+                    ax.text(k, c, str(hist[k, c]), ha="center", va="center", fontsize=6.5,
+                            color="white" if share[k, c] > 55 else "0.15")
+    ax.set_xlabel("client (id)")
+    ax.set_ylabel("class (label)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if C <= 40:
+        ax.set_yticks(range(C), names)
+    fig.colorbar(im, ax=ax, label="share of the client's examples (%)", fraction=0.04, pad=0.01)
+    p = report.get("partition") or {}
+    how = {"dirichlet": f"Dirichlet α = {p.get('alpha')}", "iid": "iid",
+           "pathological": f"{p.get('classes_per_client')} classes per client"}.get(
+               p.get("method"), p.get("method", ""))
+    fig.suptitle(f"label histogram of {K} clients ({how}), {report['num_samples']:,} examples"
+                 f"{'; numbers: examples per cell' if counts else ''}\npartition sha256 "
+                 f"{report['hash'][:16]}…", fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=HEATMAP_DPI, metadata={"Software": None})
     path = Path(path)
-    fig.savefig(path, format="png", metadata={"Software": None})
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
     return path

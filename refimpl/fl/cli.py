@@ -35,6 +35,20 @@ def _print_summary(summary: dict, out) -> None:
           f"{human_bytes(summary['bytes_down_total'])}")
     if summary["seconds_per_round"] is not None:
         print(f"{summary['seconds']:.1f} s ({summary['seconds_per_round']:.2f} s per round)")
+    _print_pictures(Path(out))
+
+
+def _print_pictures(out: Path) -> None:
+    from .plots import RUN_PICTURES
+
+    found = [(out / name, what) for name, what in RUN_PICTURES if (out / name).exists()]
+    if not found:
+        print("pictures: none written (the line above the summary says why)")
+        return
+    print("pictures:")
+    width = max(len(str(p)) for p, _ in found)
+    for p, what in found:
+        print(f"  {str(p):<{width}}  {what}")
 
 
 def _cmd_run(args) -> int:
@@ -73,7 +87,15 @@ def _run_command(args) -> int:
 def _cmd_compare(args) -> int:
     from .compare import compare_rows, format_table
 
+    if args.plot:
+        from .plots import check_plot_path
+
+        check_plot_path(args.plot)
     print(format_table(compare_rows(args.dirs)))
+    if args.plot:
+        from .compare import save_compare_plot
+
+        print(f"plot of the test-accuracy curves: {save_compare_plot(args.dirs, args.plot)}")
     return 0
 
 
@@ -106,4 +128,7 @@ def add_parser(subparsers) -> None:
 
     c = subparsers.add_parser("compare", help="print a table comparing run directories")
     c.add_argument("dirs", nargs="+", metavar="DIR", help="run directories")
+    c.add_argument("--plot", metavar="FILE", default=None,
+                   help="also write one plot of the runs' test-accuracy curves (.png, .svg or "
+                   ".pdf)")
     c.set_defaults(func=_cmd_compare)

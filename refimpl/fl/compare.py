@@ -9,7 +9,7 @@ from pathlib import Path
 from .config import load_config
 from .runner import human_bytes, read_metrics, summarize
 
-__all__ = ["compare_rows", "format_table"]
+__all__ = ["compare_rows", "format_table", "accuracy_series", "save_compare_plot"]
 
 COLUMNS = ("run", "method", "norm", "bae", "gamma", "density", "rounds", "final acc", "best acc",
            "act. cache", "up total", "down total", "s/round")
@@ -57,3 +57,41 @@ def format_table(rows: list[list[str]]) -> str:
                        enumerate(zip(r, widths, strict=True))) for r in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def accuracy_series(dirs) -> list[dict]:
+    """Per run directory, its test-accuracy curve for :func:`plots.save_accuracy_overlay`:
+    label (directory name, method, density, γ), method, density, evaluated rounds, accuracies,
+    adjustment rounds, and the run's Config under ``cfg``."""
+    out = []
+    for d in map(Path, dirs):
+        if not (d / "config.toml").exists():
+            raise FileNotFoundError(f"{str(d)!r} is not a run directory (no config.toml)")
+        cfg = load_config(path=d / "config.toml")
+        recs = read_metrics(d / "metrics.jsonl")
+        evals = [r for r in recs if r["test_accuracy"] is not None]
+        density = "dense" if cfg.sparse.density >= 1 else f"density {cfg.sparse.density:g}"
+        sap = f"SAP γ {cfg.sap.gamma:g}" if cfg.sap.gamma > 0 else "no SAP"
+        out.append({
+            "label": f"{d.name or d.resolve().name}: {cfg.run.method}, {density}, {sap}",
+            "method": cfg.run.method,
+            "density": cfg.sparse.density,
+            "rounds": [r["round"] for r in evals],
+            "accuracy": [r["test_accuracy"] for r in evals],
+            "adjustments": [r["round"] for r in recs if r["adjustment"]],
+            "cfg": cfg,
+        })
+    return out
+
+
+def save_compare_plot(dirs, path) -> Path:
+    """``fedmef compare --plot FILE``: one overlay plot of the runs' test-accuracy curves."""
+    from .plots import save_accuracy_overlay
+
+    series = accuracy_series(dirs)
+    title = f"test accuracy of {len(series)} run{'s' if len(series) > 1 else ''}"
+    shared = {(s["cfg"].model.name, s["cfg"].data.dataset) for s in series}
+    if len(shared) == 1:
+        model, dataset = next(iter(shared))
+        title += f"\n{model} on {dataset}"
+    return save_accuracy_overlay(series, path, title)

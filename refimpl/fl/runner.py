@@ -9,7 +9,7 @@ Run directory layout (docs/federated.md has the schemas)::
     checkpoints/       round_NNNNN.npz, the two newest kept, written atomically
     model.npz          final global model: param/<name>, buffer/<name>, mask/<name>
     summary.json       final results and wall time
-    plots/             accuracy.png, loss.png, memory.png (when matplotlib is installed)
+    plots/             accuracy.png, loss.png, memory.png (refimpl.fl.plots)
 """
 
 from __future__ import annotations
@@ -120,7 +120,13 @@ def _restore(out: Path, config_sha: str, model, cfg: Config, log) -> GlobalState
                                    model, dense=not cfg.sparse_masks)
 
 
-def _write_partition(out: Path, data, plots: bool) -> None:
+def _one_line(e: Exception) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0]}" if msg else type(e).__name__
+
+
+def _write_partition(out: Path, data, plots: bool, log) -> None:
     from .. import data as data_tools
 
     atomic_write_text(out / "partition.json", json.dumps(_jsonable(data.report), indent=1) + "\n")
@@ -128,10 +134,9 @@ def _write_partition(out: Path, data, plots: bool) -> None:
     if not plots:
         return
     try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return
-    data_tools.save_heatmap(data.report, out / "partition.png")
+        data_tools.save_heatmap(data.report, out / "partition.png", class_names=data.classes)
+    except Exception as e:  # a picture never costs the run its results; it says why it is absent
+        log(f"partition.png not written ({_one_line(e)}); partition.txt holds the same table")
 
 
 def summarize(cfg: Config, records: list[dict], seconds: float, rounds_run: int) -> dict:
@@ -197,7 +202,8 @@ def run(cfg: Config | None, out, *, resume: bool = False, overwrite: bool = Fals
     ``resume=True`` reads ``out/config.toml`` (``cfg`` must be None) and continues from the
     newest checkpoint, bit-identically to an uninterrupted run. ``stop_after`` ends the run after
     that round without the final outputs (an interruption, for tests). ``plots=False`` skips
-    the PNG files (they need matplotlib and take a second or two).
+    the PNG files (they take a second or two); a picture that cannot be drawn is reported in
+    one ``log`` line and the run goes on.
     """
     from tqdm import tqdm
 
@@ -223,7 +229,7 @@ def run(cfg: Config | None, out, *, resume: bool = False, overwrite: bool = Fals
         text = to_toml(cfg)
         atomic_write_text(out / "config.toml", text)
     sha = _config_sha(text)
-    _write_partition(out, data, plots)
+    _write_partition(out, data, plots, log)
     state = _restore(out, sha, model, cfg, log) if resume else None
     if state is None:
         state = initial
@@ -274,5 +280,8 @@ def run(cfg: Config | None, out, *, resume: bool = False, overwrite: bool = Fals
     if plots:
         from .plots import save_plots
 
-        save_plots(records, out / "plots")
+        try:
+            save_plots(records, out / "plots", cfg)
+        except Exception as e:  # as for partition.png: say so in one line, keep the results
+            log(f"plots not written ({_one_line(e)}); metrics.jsonl holds every number")
     return summary
