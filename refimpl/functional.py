@@ -24,6 +24,7 @@ from .ops import reduce as _reduce
 from .ops import shape as _shape
 from .ops.common import check_float, check_ndim, pair
 from .sap import SapPolicy, SharedCache
+from .sparsity import as_mask
 from .tape import Var, apply, value_of
 
 __all__ = [
@@ -57,14 +58,11 @@ def _as_operand(op: str, v, like):
 
 
 def _as_mask(op: str, mask, w_shape) -> np.ndarray:
-    """A weight mask as a bool array of the weight's shape; masks are constants (TAPE-4)."""
+    """A weight mask as a bool array of the weight's shape; masks are constants (TAPE-4).
+    Checked, never coerced: bool or exactly 0/1 (:func:`refimpl.sparsity.as_mask`)."""
     if isinstance(mask, Var):
         raise TypeError(f"{op}: mask is a constant and cannot be a traced value")
-    m = np.asarray(mask)
-    if m.shape != w_shape:
-        raise ValueError(f"{op}: expected mask of the weight's shape {w_shape}, received "
-                         f"{m.shape}")
-    return m.astype(bool, copy=False)
+    return as_mask(op, mask, w_shape)
 
 
 # ---- bilinear ---------------------------------------------------------------------------------
@@ -76,9 +74,11 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     returns (N, C_out, H_out, W_out) with H_out = floor((H + 2p - d(kH - 1) - 1) / s) + 1.
     Residuals: the input (for the weight gradient) and the weight (for the input gradient).
 
-    Keyword-only, beyond PyTorch: ``mask`` (bool or 0/1, the weight's shape) runs the masked
-    kernels that skip inactive weights; the weight must already be zero there (MASK-3), and
-    the weight gradient is zero there too unless ``weight_grad="dense"`` (growth scores, PG-5).
+    Keyword-only, beyond PyTorch: ``mask`` (bool or exactly 0/1, the weight's shape; anything
+    else is a ``ValueError``) computes ``conv2d(input, where(mask, weight, 0))`` on every kernel
+    path (MASK-3 enforced: the masked kernels skip inactive weights, the dense fallback zeroes
+    them first, so the result never depends on whether Numba is installed), and the weight
+    gradient is zero there too unless ``weight_grad="dense"`` (growth scores, PG-5).
     ``sap_gamma``, ``cache_policy``, ``shared_cache``: the SAP residual policy, see
     :func:`_sap_policy` (SAP-1..3, CACHE-1..2).
     """
@@ -400,8 +400,9 @@ def nsconv2d(input, weight, mask, gain, bias=None, stride=1, padding=0, groups=1
     """Normalised sparse convolution (SPEC §3): ``conv2d(input, Ŵ, bias)`` with the
     per-output-channel standardised kernel Ŵ = g ⊙ (W − μ) / sqrt(max(s²·F, ε)) ⊙ M.
 
-    weight (C_out, C_in/groups, kH, kW); mask: bool or 0/1 array of the weight's shape (a
-    constant); gain (C_out,); ``stats`` is ``"dense"`` (NSC-1) or ``"masked"`` (NSC-2).
+    weight (C_out, C_in/groups, kH, kW); mask: bool or exactly 0/1 array of the weight's shape
+    (a constant; Ŵ is zero where it is False, NSC-3); gain (C_out,);
+    ``stats`` is ``"dense"`` (NSC-1) or ``"masked"`` (NSC-2).
     Gradients reach weight and gain through the mean and variance (NSC-3). Residuals: per-channel
     scale of the standardisation, and Ŵ kept by the convolution (a weight-sized intermediate).
     ``sap_gamma``, ``cache_policy``, ``shared_cache``: the convolution's SAP residual policy

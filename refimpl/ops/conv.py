@@ -25,10 +25,11 @@ from ..tape import Primitive, Residual
 
 @dataclass(frozen=True, eq=False)
 class ConvParams:
-    """Static parameters. ``mask`` (bool, the weight's shape, a constant) selects the masked
-    kernels, which visit only active weights; the weight operand must then satisfy
-    ``w == w * mask`` (MASK-3). ``weight_grad``: ``"masked"`` (zero on inactive positions, the
-    ordinary step) or ``"dense"`` (the full gradient, for growth scores, PG-5)."""
+    """Static parameters. ``mask`` (bool, the weight's shape, a constant): the layer computes
+    conv2d(x, where(mask, w, 0)) whatever the weight holds off the mask (MASK-3 enforced on
+    every path): the masked kernels visit only active weights, the dense kernels (no Numba) get
+    the weight with inactive entries zeroed. ``weight_grad``: ``"masked"`` (zero on inactive
+    positions, the ordinary step) or ``"dense"`` (the full gradient, for growth scores, PG-5)."""
 
     stride: tuple[int, int]
     padding: tuple[int, int]
@@ -43,8 +44,9 @@ class ConvParams:
     @property
     def masked_impl(self) -> str | None:
         """Kernel family for a masked layer: the masked Numba kernels when compiled (or when
-        asked for by ``impl``), else None: the dense kernels on w ⊙ mask, which compute the
-        same function (interpreted masked loops would be far slower)."""
+        asked for by ``impl``), else None: the dense kernels on where(mask, w, 0)
+        (:func:`_dense_weight`), which compute the same function (interpreted masked loops
+        would be far slower)."""
         if self.mask is None:
             return None
         if self.impl in MK.IMPLS:
@@ -84,6 +86,12 @@ def _cached_input(res):
     return res.x if res.cache is None else decode(res.cache)
 
 
+def _dense_weight(w, p):
+    """The weight the dense kernels use: inactive entries zeroed (not multiplied, so a NaN
+    there is dropped as the masked kernels drop it)."""
+    return w if p.mask is None else np.where(p.mask, w, np.zeros((), w.dtype))
+
+
 def conv2d_fwd(inputs, p, needs):
     """y[n,o] = sum_{c in group(o), i, j} w[o, c, i, j] * x_pad[n, c, s*oh + d*i, s*ow + d*j]
     (+ b[o]). Shapes: x (N, C, H, W), w (O, C/groups, KH, KW), b (O,) -> y (N, O, OH, OW)."""
@@ -95,7 +103,8 @@ def conv2d_fwd(inputs, p, needs):
         y = MK.masked_conv2d_forward(x, w, p.mask, p.stride, p.padding, p.dilation, p.groups,
                                      out_shape, impl=mimpl)
     else:
-        y = K.conv2d_forward(x, w, p.stride, p.padding, p.dilation, p.groups, impl=p.impl)
+        y = K.conv2d_forward(x, _dense_weight(w, p), p.stride, p.padding, p.dilation, p.groups,
+                             impl=p.impl)
     if b is not None:
         y += b.reshape(1, -1, 1, 1)
     xc, cache = _cache_input(x, p.sap, p.shared, needs[1])
@@ -111,7 +120,8 @@ def conv2d_vjp(res, g, p, needs):
         if mimpl is not None:
             dx = MK.masked_conv2d_grad_input(g, res.w, p.mask, res.x_shape, *geom, impl=mimpl)
         else:
-            dx = K.conv2d_grad_input(g, res.w, res.x_shape, *geom, impl=p.impl)
+            dx = K.conv2d_grad_input(g, _dense_weight(res.w, p), res.x_shape, *geom,
+                                     impl=p.impl)
     if needs[1]:
         x = _cached_input(res)
         if mimpl is not None and p.weight_grad == "masked":
