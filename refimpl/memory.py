@@ -107,6 +107,10 @@ def _model(model, input_shape, num_classes, norm, width, dtype):
     return model
 
 
+class _TooSmall(ValueError):
+    """The walk reached a layer whose window does not fit its input (see :func:`ledger`)."""
+
+
 class _Walker:
     """Shape-only twin of ``models.graph._run``: one row per layer."""
 
@@ -156,8 +160,11 @@ class _Walker:
             raise ValueError(f"ledger: layer {layer.name} expects (N, {layer.in_ch}, H, W) input, "
                              f"the walk reaches it with shape {tuple(in_shape)}; check the "
                              f"input shape (C x H x W) against the model")
-        out = conv2d_output_shape(in_shape, layer.weight_shape, (layer.stride,) * 2,
-                                  (layer.padding,) * 2, (1, 1), layer.groups)
+        try:
+            out = conv2d_output_shape(in_shape, layer.weight_shape, (layer.stride,) * 2,
+                                      (layer.padding,) * 2, (1, 1), layer.groups)
+        except ValueError as e:
+            raise _TooSmall(f"layer {layer.name} receives {_hw(in_shape)} ({e})") from None
         kind = "dwconv" if layer.groups > 1 and layer.groups == layer.in_ch else "conv"
         r = self.row(layer.name, kind, in_shape, out, norm=layer.norm)
         c, s = layer.out_ch, self.s
@@ -203,6 +210,9 @@ class _Walker:
                 r["activation"]["relu_bitmap"] = (math.prod(shape) + 7) // 8 if traced else 0
             elif isinstance(layer, G.MaxPool):
                 n, c, h, w = shape
+                if min(h, w) < layer.kernel:
+                    raise _TooSmall(f"the max-pool after {self.last} receives {_hw(shape)}, "
+                                    f"smaller than its {layer.kernel}x{layer.kernel} window")
                 out = (n, c, (h - layer.kernel) // layer.stride + 1,
                        (w - layer.kernel) // layer.stride + 1)
                 r = self.row(f"{self.last}.maxpool", "maxpool", shape, out, norm=None)
@@ -230,6 +240,32 @@ class _Walker:
             else:
                 raise TypeError(f"ledger: unknown layer {layer!r}")
         return shape, traced
+
+
+def _hw(shape) -> str:
+    return "x".join(map(str, shape[-2:]))
+
+
+def _smallest_input(m, channels: int) -> int | None:
+    """The smallest side s such that a (channels, s, s) input walks through model ``m`` (the
+    output size grows with the input, so doubling then bisection finds it), or None."""
+    def fits(s):
+        try:
+            _Walker(8, S.SapPolicy.make(0.0, "dense"), {}, False, False).run(
+                m.layers, (1, channels, s, s), False)
+        except ValueError:
+            return False
+        return True
+
+    lo, hi = 0, 1  # invariant: not fits(lo) (0 never fits), fits(hi) once found
+    while not fits(hi):
+        lo, hi = hi, hi * 2
+        if hi > 1 << 16:
+            return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi
 
 
 def _finish(rows):
@@ -266,20 +302,34 @@ def ledger(model, input_shape, batch, *, density=1.0, density_kind="erk", gamma=
     if nsconv_stats not in ("dense", "masked"):
         raise ValueError(f"ledger: nsconv_stats must be 'dense' or 'masked', received "
                          f"{nsconv_stats!r}")
+    if min(input_shape) < 1:
+        raise ValueError(f"ledger: input_shape must be positive, received {input_shape}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
+            or num_classes < 1:
+        raise ValueError(f"ledger: num_classes must be an int >= 1, received {num_classes!r}")
+    d = exact_fraction(density)
+    if not 0 < d <= 1:
+        raise ValueError(f"ledger: density must lie in (0, 1], received {density!r}; 1 is a "
+                         f"dense model, 0.1 keeps 10% of the prunable weights")
     sap_policy = S.SapPolicy.make(gamma, policy)
     m = _model(model, input_shape, num_classes, norm, width, dtype)
     dt = np.dtype(dtype) if dtype is not None else next(iter(m.params.values())).dtype
     if dt not in (np.float32, np.float64):
         raise ValueError(f"ledger: dtype must be float32 or float64, received {dt}")
     shapes = {n: m.params[n].shape for n in m.prunable}
-    d = exact_fraction(density)
     sparse = d < 1
     nnz = {}
     if sparse:
         counts = layer_counts(list(shapes.values()), density, density_kind)
         nnz = dict(zip(shapes, counts, strict=True))
     walker = _Walker(dt.itemsize, sap_policy, nnz, bool(momentum), sparse)
-    out, _ = walker.run(m.layers, (int(batch),) + input_shape, False)
+    try:
+        out, _ = walker.run(m.layers, (int(batch),) + input_shape, False)
+    except _TooSmall as e:
+        side = _smallest_input(m, input_shape[0])
+        need = f"; it needs height and width >= {side}" if side else ""
+        raise ValueError(f"input {'x'.join(map(str, input_shape))} is too small for model "
+                         f"{m.name}: {e}{need}") from None
     if loss:
         if len(out) != 2:
             raise ValueError(f"ledger: the model ends in shape {out}, expected (N, classes)")
