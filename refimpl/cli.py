@@ -118,7 +118,7 @@ def main(argv=None) -> int:
         if not interrupted(e):
             raise
         # a run has logged what its directory holds and how to continue; say it for the rest
-        if type(e).__name__ != "RunInterrupted":
+        if not getattr(e, "reported", False):
             print(f"fedmef {args.command}: interrupted", file=sys.stderr)
         return 130
 

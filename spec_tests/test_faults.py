@@ -32,7 +32,7 @@ from refimpl.conformance.export import export
 from refimpl.fl import ConfigError, RunDirError, load_config, run
 from refimpl.fl import runner as R
 from refimpl.fl.compare import compare_rows
-from refimpl.fl.rundir import DirLock, MetricsError
+from refimpl.fl.rundir import DirLock, MetricsError, deferred_sigint
 from refimpl.fl.store import CheckpointError, list_checkpoints
 from refimpl.memory import ledger
 
@@ -267,6 +267,25 @@ def test_renamed_checkpoint_is_named_not_misread(killed_at_5, full):
     logs = []
     _resume(killed_at_5, log=logs.append)
     assert "from round_00004.npz (round 4)" in logs[0] and _same_run(killed_at_5, full)
+
+
+def test_ctrl_c_waits_for_the_swap_to_finish():
+    """A Ctrl-C during the renames of a swap is raised after them, never between them."""
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_sigint():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("both renames")
+    assert done == ["both renames"]
+
+
+def test_out_may_be_a_symlink_to_a_directory(full, tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    _run(tmp_path / "link", stop_after=3)
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "run.json").exists()
+    _resume(tmp_path / "link")
+    assert _same_run(tmp_path / "real", full)
 
 
 # ---- locks: one writer per run directory; a killed run never blocks its resume -------------

@@ -19,12 +19,16 @@ how its ``metrics.jsonl`` is read and verified (docs/federated.md, "Run director
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
 import secrets
 import shutil
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 try:
@@ -34,7 +38,7 @@ except ImportError:  # pragma: no cover - Windows
 
 __all__ = ["RunDirError", "MetricsError", "MARKER", "RUN_FORMAT", "RUN_FILES", "DirLock",
            "check_target", "check_resumable", "write_marker", "read_marker", "new_sibling",
-           "swap_in", "discard", "sweep_tmp", "parse_metrics", "verify_metrics",
+           "swap_in", "deferred_sigint", "discard", "sweep_tmp", "parse_metrics", "verify_metrics",
            "metrics_digest", "REQUIRED_KEYS"]
 
 MARKER = "run.json"
@@ -48,10 +52,20 @@ RUN_FILES = {
     "checkpoints": re.compile(r"round_\d+\.npz"),
     "plots": re.compile(r"[\w.-]+\.(png|svg|pdf)"),
 }
-_TMP = re.compile(r"\..+\.tmp")  # atomic_write_bytes' temporary files (left by kill -9)
 #: Keys every metrics record has (the summary, compare and the plots read them).
 REQUIRED_KEYS = ("round", "train_loss", "test_accuracy", "test_loss", "density",
                  "activation_bytes", "bytes_up", "bytes_down", "adjustment")
+
+
+def _is_tmp(name: str, pattern) -> bool:
+    """Whether ``name`` is the temporary file of an atomic write (``.NAME.tmp``, left by a kill)
+    of a file a run writes: a top-level file (``pattern`` None) or one matching ``pattern``."""
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return False
+    target = name[1:-len(".tmp")]
+    if pattern is None:
+        return RUN_FILES.get(target, "dir") is None
+    return bool(pattern.fullmatch(target))
 
 
 class RunDirError(ValueError):
@@ -83,7 +97,7 @@ def _foreign(d: Path) -> list[str]:
     """Entries of ``d`` that a run does not write (relative paths, sorted)."""
     out = []
     for p in sorted(d.iterdir()):
-        if _TMP.fullmatch(p.name) and p.is_file():
+        if _is_tmp(p.name, None) and p.is_file():
             continue
         if p.name not in RUN_FILES:
             out.append(p.name)
@@ -94,7 +108,8 @@ def _foreign(d: Path) -> list[str]:
             continue
         if pattern is not None:
             out += [f"{p.name}/{q.name}" for q in sorted(p.iterdir())
-                    if not (q.is_file() and (pattern.fullmatch(q.name) or _TMP.fullmatch(q.name)))]
+                    if not (q.is_file() and (pattern.fullmatch(q.name)
+                                             or _is_tmp(q.name, pattern)))]
     return out
 
 
@@ -174,7 +189,10 @@ class DirLock:
                               f"{self.path.name} beside it)", str(self.out)) from e
             try:
                 _lock(fd)
-            except OSError:
+            except OSError as e:
+                if e.errno not in _BUSY:
+                    os.close(fd)
+                    raise
                 owner = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
                 os.close(fd)
                 raise RunDirError(f"{str(self.out)!r} is in use by another fedmef run (process "
@@ -203,6 +221,9 @@ class DirLock:
             pass
         os.close(self.fd)
         self.fd = None
+
+
+_BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK)  # held by another
 
 
 def _lock(fd: int) -> None:
@@ -234,9 +255,28 @@ def new_sibling(out: Path) -> Path:
     return work
 
 
+@contextmanager
+def deferred_sigint():
+    """Hold Ctrl-C back for the few renames of a swap (so it never lands between them, with the
+    old run set aside and the new one not yet in place); raised once the block is done."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield  # signal handlers belong to the main thread; None: installed outside Python
+        return
+    got = []
+    signal.signal(signal.SIGINT, lambda *a: got.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if got:
+        raise KeyboardInterrupt
+
+
 def swap_in(work: Path, out: Path) -> None:
     """Move the built run ``work`` to ``out``; an old run at ``out`` (checked by
-    :func:`check_target`) is renamed aside first and removed after."""
+    :func:`check_target`) is renamed aside first, put back if the second rename fails, and
+    removed after. Call inside :func:`deferred_sigint`."""
     old = None
     if out.exists():
         if _is_empty(out):
@@ -244,7 +284,12 @@ def swap_in(work: Path, out: Path) -> None:
         else:
             old = out.absolute().parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
             os.rename(out, old)
-    os.rename(work, out)
+    try:
+        os.rename(work, out)
+    except BaseException:
+        if old is not None:
+            os.rename(old, out)
+        raise
     if old is not None:
         shutil.rmtree(old)
 
@@ -254,11 +299,13 @@ def discard(work: Path) -> None:
 
 
 def sweep_tmp(d: Path) -> None:
-    """Remove temporary files of interrupted atomic writes (call under the lock)."""
-    for sub in (d, d / "checkpoints", d / "plots"):
-        if sub.is_dir():
+    """Remove temporary files of interrupted atomic writes of the run's own files (call under
+    the lock); any other file stays."""
+    for sub, pattern in ((d, None), (d / "checkpoints", RUN_FILES["checkpoints"]),
+                         (d / "plots", RUN_FILES["plots"])):
+        if sub.is_dir() and not sub.is_symlink():
             for p in sub.iterdir():
-                if _TMP.fullmatch(p.name) and p.is_file():
+                if _is_tmp(p.name, pattern) and p.is_file():
                     p.unlink()
 
 

@@ -37,6 +37,7 @@ from .rundir import (
     RunDirError,
     check_resumable,
     check_target,
+    deferred_sigint,
     discard,
     new_sibling,
     read_marker,
@@ -62,8 +63,10 @@ __all__ = ["run", "RunDirError", "MetricsError", "RunInterrupted", "read_metrics
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a run; the message (already logged) says what the directory now holds and
-    how to continue."""
+    """Ctrl-C during a run; the message (already logged, hence ``reported``) says what the
+    directory now holds and how to continue."""
+
+    reported = True
 
 
 def human_bytes(n: float) -> str:
@@ -291,6 +294,10 @@ def run(cfg: Config | None, out, *, resume: bool = False, overwrite: bool = Fals
     then raises :class:`RunInterrupted` (a KeyboardInterrupt).
     """
     out = Path(out)
+    if out.is_symlink():  # the directory it points to is the run (its lock and swap are there)
+        out = out.resolve()
+    if out.name in ("", ".", ".."):  # "." has no name to put a sibling or a lock beside
+        out = Path(os.path.abspath(out))
     where = _Where(out, "run" if resume else "nothing")
     try:
         with ExitStack() as stack:
@@ -327,7 +334,8 @@ def _run(stack: ExitStack, where: _Where, cfg, out: Path, resume, overwrite, pro
                               f"put the original back, or start a new run from the edited file "
                               f"with `fedmef run --config {out / 'config.toml'} --out OTHER_DIR`")
     else:
-        check_target(out, overwrite)
+        if check_target(out, overwrite):
+            where.state = "unchanged"
         text = to_toml(cfg)
         sha = _config_sha(text)
     # data, model, initial masks and the shapes first: their errors (a missing dataset, a
@@ -350,7 +358,7 @@ def _run(stack: ExitStack, where: _Where, cfg, out: Path, resume, overwrite, pro
         work = out
     else:
         stack.enter_context(DirLock(out))
-        if check_target(out, overwrite):  # again under the lock
+        if check_target(out, overwrite):  # again under the lock: another run may have written it
             where.state = "unchanged"
         work = new_sibling(out)
         stack.callback(lambda: work != out and discard(work))
@@ -388,16 +396,18 @@ def _run(stack: ExitStack, where: _Where, cfg, out: Path, resume, overwrite, pro
                                     {"mask_version": state.mask_version,
                                      "metrics_sha256": digest.hexdigest()})
                 if work != out:  # the new run has started: it takes the place of the old
-                    swap_in(work, out)
-                    work, where.state = out, "run"
+                    with deferred_sigint():
+                        swap_in(work, out)
+                        work, where.state = out, "run"
                 acc = rec["test_accuracy"] if rec["test_accuracy"] is not None else acc
                 bar.set_postfix(_postfix(rec, acc), refresh=False)
                 bar.update(1)
     finally:
         bar.close()
     if work != out:  # no round was asked for (stop_after = 0)
-        swap_in(work, out)
-        work, where.state = out, "run"
+        with deferred_sigint():
+            swap_in(work, out)
+            work, where.state = out, "run"
     seconds = time.perf_counter() - t0
     summary = summarize(cfg, records, seconds, last - start)
     if last < cfg.run.rounds:
