@@ -26,6 +26,7 @@ from .ops import reduce as _reduce
 from .ops import shape as _shape
 from .ops.common import check_float, check_ndim, pair
 from .sap import SapPolicy, SharedCache
+from .sparsity import as_mask
 
 __all__ = [
     "conv2d",
@@ -64,26 +65,16 @@ def _as_operand(op: str, v, like):
 def _as_mask(op: str, mask, w_shape) -> WeightMask:
     """A weight mask as a :class:`~refimpl.kernels.masked_conv.WeightMask` of the weight's shape.
     Masks are constants (TAPE-4). A WeightMask passes as it is (the engine builds one per layer
-    per mask change, so its weight index is built once); an array must be bool or hold only 0
-    and 1."""
+    per mask change, so its weight index is built once); an array is checked, never coerced:
+    bool or exactly 0/1 (:func:`refimpl.sparsity.as_mask`)."""
     if isinstance(mask, Var):
         raise TypeError(f"{op}: mask is a constant and cannot be a traced value")
     if isinstance(mask, WeightMask):
-        m_shape = mask.shape
-    else:
-        m = np.asarray(mask)
-        m_shape = m.shape
-    if m_shape != tuple(w_shape):
-        raise ValueError(f"{op}: expected mask of the weight's shape {tuple(w_shape)}, received "
-                         f"{m_shape}")
-    if isinstance(mask, WeightMask):
+        if mask.shape != tuple(w_shape):
+            raise ValueError(f"{op}: expected mask of the weight's shape {tuple(w_shape)}, "
+                             f"received {mask.shape}")
         return mask
-    if m.dtype != np.bool_:
-        if m.dtype.kind not in "biuf" or not np.all((m == 0) | (m == 1)):
-            raise ValueError(f"{op}: a mask must be bool or hold only 0 and 1, received dtype "
-                             f"{m.dtype} with other values")
-        m = m != 0
-    return WeightMask(m)
+    return WeightMask(as_mask(op, mask, w_shape))
 
 
 def _as_sap(op: str, sap, shared_cache):
@@ -110,11 +101,12 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     returns (N, C_out, H_out, W_out) with H_out = floor((H + 2p - d(kH - 1) - 1) / s) + 1.
     Residuals: the input (for the weight gradient) and the weight (for the input gradient).
 
-    Keyword-only, beyond PyTorch: ``mask`` (bool or 0/1 of the weight's shape, or a
-    :class:`~refimpl.kernels.masked_conv.WeightMask`) runs the masked kernels, which use only the
-    active weights: a weight off the mask is ignored on every kernel path (MASK-3), and the
-    weight gradient is zero there unless ``weight_grad="dense"`` (growth scores, PG-5).
-    ``sap``, ``shared_cache``: the SAP residual policy, see :func:`_as_sap` (SAP-1..3,
+    Keyword-only, beyond PyTorch: ``mask`` (bool or exactly 0/1 of the weight's shape, anything
+    else is a ``ValueError``; or a :class:`~refimpl.kernels.masked_conv.WeightMask`) computes
+    ``conv2d(input, where(mask, weight, 0))`` on every kernel path (MASK-3 enforced: every path
+    uses only the active weights, so the result never depends on whether Numba is installed),
+    and the weight gradient is zero off the mask unless ``weight_grad="dense"`` (growth scores,
+    PG-5). ``sap``, ``shared_cache``: the SAP residual policy, see :func:`_as_sap` (SAP-1..3,
     CACHE-1..2). ``relu=True`` fuses a ReLU: ``relu(conv2d(...))`` in one node, computed in the
     output buffer, keeping the ReLU's bitmap (the same values and gradients as two ops).
     """
@@ -433,13 +425,14 @@ def nsconv2d(input, weight, mask, gain, bias=None, stride=1, padding=0, groups=1
     """Normalised sparse convolution (SPEC §3): ``conv2d(input, Ŵ, bias)`` with the
     per-output-channel standardised kernel Ŵ = g ⊙ (W − μ) / sqrt(max(s²·F, ε)) ⊙ M.
 
-    weight (C_out, C_in/groups, kH, kW); mask: bool or 0/1 array of the weight's shape, or a
-    :class:`~refimpl.kernels.masked_conv.WeightMask` (a constant); gain (C_out,); ``stats`` is
-    ``"dense"`` (NSC-1) or ``"masked"`` (NSC-2). Gradients reach weight and gain through the mean
-    and variance (NSC-3). Residuals: per-channel scale of the standardisation, and Ŵ kept by the
-    convolution (an intermediate; a masked layer keeps only its nnz active values). ``sap``,
-    ``shared_cache``: the convolution's SAP residual policy (:func:`conv2d`); SAP applies to
-    NSConv inputs like to any conv (SAP-1). ``relu``: a fused ReLU, as in :func:`conv2d`.
+    weight (C_out, C_in/groups, kH, kW); mask: bool or exactly 0/1 array of the weight's shape,
+    or a :class:`~refimpl.kernels.masked_conv.WeightMask` (a constant; Ŵ is zero where it is
+    False, NSC-3); gain (C_out,); ``stats`` is ``"dense"`` (NSC-1) or ``"masked"`` (NSC-2).
+    Gradients reach weight and gain through the mean and variance (NSC-3). Residuals: per-channel
+    scale of the standardisation, and Ŵ kept by the convolution (an intermediate; a masked layer
+    keeps only its nnz active values). ``sap``, ``shared_cache``: the convolution's SAP residual
+    policy (:func:`conv2d`); SAP applies to NSConv inputs like to any conv (SAP-1). ``relu``: a
+    fused ReLU, as in :func:`conv2d`.
     """
     w, g = value_of(weight), value_of(gain)
     check_float("nsconv2d", weight=w, gain=g, input=value_of(input), bias=value_of(bias))

@@ -143,8 +143,13 @@ def dry_trace(model: models.Model, input_shape, batch: int, *, masks=None, sap=N
     try:
         out = models.forward(model, params, x, True, opts)
     except ValueError as e:
-        raise ValueError(f"ledger: the model does not fit input shape "
-                         f"{'x'.join(map(str, input_shape))} (C x H x W): {e}") from None
+        side = _smallest_input(model, input_shape[0])
+        shape = "x".join(map(str, input_shape))
+        if side is None:  # no size fits these channels
+            raise ValueError(f"input {shape} does not fit model {model.name} (C x H x W: check "
+                             f"the number of channels): {e}") from None
+        raise ValueError(f"input {shape} is too small for model {model.name}: {e}; it needs "
+                         f"height and width >= {side}") from None
     y = None
     if loss:
         if out.ndim != 2:
@@ -153,6 +158,30 @@ def dry_trace(model: models.Model, input_shape, batch: int, *, masks=None, sap=N
         with scope("loss"):
             out = F.cross_entropy(out, np.zeros(int(batch), dtype=np.int64))
     return DryTrace(tape, x, y, out)
+
+
+def _smallest_input(model: models.Model, channels: int) -> int | None:
+    """The smallest side s such that a (channels, s, s) input runs through ``model`` (a dry
+    trace: the output size grows with the input, so doubling then bisection finds it), or
+    None (no size fits: e.g. the wrong number of channels)."""
+    def fits(s):
+        tape = Tape(dry=True)
+        params = {k: tape.leaf(Spec(v.shape, v.dtype)) for k, v in model.params.items()}
+        try:
+            models.forward(model, params, Spec((1, channels, s, s), np.float32), True)
+        except (ValueError, TypeError):
+            return False
+        return True
+
+    lo, hi = 0, 1  # invariant: not fits(lo) (0 never fits), fits(hi) once found
+    while not fits(hi):
+        lo, hi = hi, hi * 2
+        if hi > 1 << 16:
+            return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi
 
 
 # ---- layer rows (MEM-1) ----------------------------------------------------------------------
@@ -380,7 +409,8 @@ def _validate(batch, input_shape, density, density_kind, nsconv_stats, num_class
                          f"{input_shape}")
     d = exact_fraction(density)
     if not 0 < d <= 1:
-        raise ValueError(f"ledger: density must lie in (0, 1], received {density!r}")
+        raise ValueError(f"ledger: density must lie in (0, 1], received {density!r}; 1 is a "
+                         f"dense model, 0.1 keeps 10% of the prunable weights")
     if density_kind not in KINDS:
         raise ValueError(f"ledger: unknown density_kind {density_kind!r}; valid: {KINDS}")
     if nsconv_stats not in ("dense", "masked"):

@@ -20,6 +20,7 @@ import re
 import numpy as np
 
 from . import memory as M
+from .cli import positive_float, positive_int
 from .sap import POLICIES
 from .sparsity import KINDS
 
@@ -201,7 +202,7 @@ def add_parser(subparsers) -> None:
         "step's liveness timeline")
     p.add_argument("--model", required=True, help="zoo model name (see `fedmef models`)")
     p.add_argument("--input", default="3x32x32", help="input shape CxHxW (default 3x32x32)")
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=positive_int, default=64)
     p.add_argument("--density", default="1.0", help="weight density d (1 = dense model)")
     p.add_argument("--density-kind", default="erk", choices=KINDS)
     p.add_argument("--gamma", default="0.0", help="SAP ratio gamma in [0, 1)")
@@ -210,8 +211,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--momentum", action="store_true", help="count SGD momentum buffers")
     p.add_argument("--norm", default="nsconv", choices=("nsconv", "bn", "none"))
     p.add_argument("--nsconv-stats", default="dense", choices=("dense", "masked"))
-    p.add_argument("--width", type=float, default=1.0, help="model width multiplier")
-    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--width", type=positive_float, default=1.0, help="model width multiplier")
+    p.add_argument("--classes", type=positive_int, default=10, help="output classes (>= 1)")
     p.add_argument("--no-loss", action="store_true",
                    help="leave out the cross-entropy residual (a bare forward pass)")
     p.add_argument("--json", action="store_true", help="print the ledger as JSON")

@@ -27,6 +27,7 @@ __all__ = [
     "marked_set",
     "adjust",
     "AdjustReport",
+    "as_mask",
 ]
 
 KINDS = ("erk", "er", "uniform")
@@ -140,10 +141,45 @@ def alpha_schedule(alpha: float, t: int, t_end: int) -> float:
     return float(np.float64(alpha) / 2.0 * (1.0 + math.cos(math.pi * t / t_end)))
 
 
+def as_mask(name: str, mask, shape=None) -> np.ndarray:
+    """``mask`` as a bool array, checked: bool, or numbers that are exactly 0 or 1 (anything else,
+    0.5, -1, NaN, 2 or text, is a ``ValueError``: no silent ``astype(bool)``), of ``shape`` when
+    given. ``name`` prefixes the message (the caller's function)."""
+    m = np.asarray(mask)
+    if shape is not None and m.shape != tuple(shape):
+        raise ValueError(f"{name}: expected mask of the weight's shape {tuple(shape)}, received "
+                         f"{m.shape}")
+    if m.dtype == bool:
+        return m
+    if m.dtype.kind not in "iuf":
+        raise ValueError(f"{name}: a mask must be bool or 0/1 numbers, received dtype {m.dtype}")
+    bad = ~((m == 0) | (m == 1))
+    if bad.any():
+        v = m.reshape(-1)[int(np.flatnonzero(bad.reshape(-1))[0])].item()
+        raise ValueError(f"{name}: a mask must be bool or exactly 0/1, found {v!r} at "
+                         f"{int(bad.sum())} position(s); use mask != 0 or mask > 0.5 to choose "
+                         f"what it means")
+    return m.astype(bool)
+
+
+def _check_alpha(alpha_t) -> float:
+    if isinstance(alpha_t, bool) or not isinstance(alpha_t, (int, float, np.integer,
+                                                             np.floating)):
+        raise ValueError(f"alpha_t must be a number in [0, 1], received {alpha_t!r}")
+    a = float(alpha_t)
+    if not (math.isfinite(a) and 0 <= a <= 1):
+        raise ValueError(f"alpha_t must be a finite number in [0, 1] (the PG-2 fraction), "
+                         f"received {alpha_t!r}")
+    return a
+
+
 def adjust_counts(masks, alpha_t: float) -> list[int]:
-    """PG-3: k_l = min(ceil(α_t · nnz_l), nnz_l, N_l − nnz_l)."""
+    """PG-3: k_l = min(ceil(α_t · nnz_l), nnz_l, N_l − nnz_l); α_t finite in [0, 1], masks
+    bool or 0/1 (:func:`as_mask`)."""
+    alpha_t = _check_alpha(alpha_t)
     out = []
-    for m in masks:
+    for i, m in enumerate(masks):
+        m = as_mask(f"adjust_counts: layer {i}", m)
         nnz = int(m.sum())
         out.append(min(math.ceil(alpha_t * nnz), nnz, m.size - nnz))
     return out
@@ -198,6 +234,7 @@ def adjust(weights, masks, scores, alpha_t: float, prune: str = "magnitude", mar
     ``scores`` are dense growth scores (the averaged ḡ, PG-5) of each weight's shape.
     ``prune="magnitude"`` prunes the k_l smallest |θ| among active entries (PG-4);
     ``prune="marked"`` prunes ``marked[l]`` (the BaE marked set, which must hold k_l entries).
+    Masks are bool or exactly 0/1 (:func:`as_mask`); α_t is finite in [0, 1] (PG-2).
     Returns new lists ``(weights, masks, report)``; the inputs are not modified.
     """
     if prune not in ("magnitude", "marked"):
@@ -206,6 +243,7 @@ def adjust(weights, masks, scores, alpha_t: float, prune: str = "magnitude", mar
         raise ValueError("adjust: prune='marked' needs the marked set")
     if not (len(weights) == len(masks) == len(scores)):
         raise ValueError("adjust: weights, masks and scores must list the same layers")
+    masks = [as_mask(f"adjust: layer {i}", m) for i, m in enumerate(masks)]
     counts = adjust_counts(masks, alpha_t)
     new_w, new_m, pruned, grown = [], [], [], []
     for li, (w, m, s, k) in enumerate(zip(weights, masks, scores, counts)):

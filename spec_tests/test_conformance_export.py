@@ -216,7 +216,11 @@ def test_export_refuses_to_clobber(tmp_path):
         export(tmp_path / "busy", overwrite=True)
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
     shutil.copytree(exported(), tmp_path / "dump")
-    (tmp_path / "dump" / "stale.txt").write_text("old")
+    (tmp_path / "dump" / "notes.txt").write_text("mine")  # a user's file in a dump: kept
+    with pytest.raises(DumpError, match=r"besides the dump it holds other files \(notes.txt\)"):
+        export(tmp_path / "dump", overwrite=True, npz=False)
+    assert (tmp_path / "dump" / "notes.txt").read_text() == "mine"
+    (tmp_path / "dump" / "notes.txt").unlink()
     export(tmp_path / "dump", overwrite=True, npz=False)
     assert sorted(p.name for p in (tmp_path / "dump").iterdir()) == ["conformance.bin",
                                                                      "manifest.json"]

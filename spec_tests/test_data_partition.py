@@ -23,11 +23,12 @@ SEEDS = st.integers(0, 2**32 - 1)
 
 @st.composite
 def labelled(draw, max_n=400, max_classes=12):
-    """(labels int64 (n,), num_clients): labels constructed over a few classes, some absent."""
+    """(labels int64 (n,), num_clients): labels constructed over a few classes, some absent;
+    at least one sample per client (fewer is an error, see test_no_client_is_ever_empty)."""
     c = draw(st.integers(1, max_classes))
-    n = draw(st.integers(0, max_n))
-    labels = draw(hnp.arrays(np.int64, n, elements=st.integers(0, c - 1)))
     k = draw(st.integers(1, 40))
+    n = draw(st.integers(k, max(k, max_n)))
+    labels = draw(hnp.arrays(np.int64, n, elements=st.integers(0, c - 1)))
     return labels, k
 
 
@@ -128,7 +129,7 @@ def test_min_size_held_whenever_feasible(data, method, alpha, seed, d):
     labels, k = data
     n = len(labels)
     if n // k >= 1:
-        m = d.draw(st.integers(0, n // k))
+        m = d.draw(st.integers(1, n // k))
         parts = _call(labels, k, method, alpha=alpha, seed=seed, min_size=m, max_retries=3)
         if parts is not None:
             assert min(len(p) for p in parts) >= m
@@ -141,7 +142,7 @@ def test_default_min_size_is_half_an_equal_share_capped_at_10():
     labels = np.arange(10000) % 10
     assert partition_with_info(labels, 1000, alpha=0.01)[1].min_size == 5
     assert partition_with_info(labels, 10, alpha=0.01)[1].min_size == 10
-    assert partition_with_info(labels[:7], 10)[1].min_size == 0
+    assert partition_with_info(labels[:15], 10)[1].min_size == 1  # never 0: no empty client
 
 
 @settings(max_examples=8)
@@ -152,7 +153,7 @@ def test_dirichlet_terminates_quickly_for_any_alpha_and_clients(k, alpha, c, see
     loaded machine)."""
     n = d.draw(st.integers(k, 20000))
     labels = np.arange(n) % c
-    m = d.draw(st.sampled_from([0, n // k, min(10, n // k)]))
+    m = d.draw(st.sampled_from([1, n // k, min(10, n // k)]))
     parts, info = partition_with_info(labels, k, "dirichlet", alpha=alpha, seed=seed,
                                       min_size=m)
     assert info.attempts <= 1 + P.DEFAULT_MAX_RETRIES
@@ -182,7 +183,7 @@ def test_alpha_controls_label_skew():
 def test_pathological_clients_hold_exactly_c_classes(k, c, num_classes, seed):
     """pathological: c distinct classes per client, balanced holders, when data are plentiful."""
     labels = np.arange(num_classes * 200) % num_classes
-    parts = _call(labels, k, "pathological", classes_per_client=c, seed=seed, min_size=0)
+    parts = _call(labels, k, "pathological", classes_per_client=c, seed=seed, min_size=1)
     if parts is None:
         assert c > num_classes or k * c < num_classes
         return
@@ -190,6 +191,20 @@ def test_pathological_clients_hold_exactly_c_classes(k, c, num_classes, seed):
     assert set(rep["classes_per_client"]) == {c}
     holders = (np.asarray(rep["histograms"]) > 0).sum(axis=0)
     assert holders.max() - holders.min() <= 1
+
+
+@given(st.integers(1, 200), st.integers(0, 3), METHODS, SEEDS)
+def test_no_client_is_ever_empty(n, extra, method, seed):
+    """DATA-1 (docs/data.md, "No empty client"): with the default min_size every client gets a
+    sample; more clients than samples, or min_size 0, is a ValueError that says so."""
+    labels = np.arange(n) % 3
+    parts = _call(labels, n, method, seed=seed, classes_per_client=1)
+    if parts is not None:
+        assert min(len(p) for p in parts) >= 1
+    with pytest.raises(ValueError, match=f"{n + 1 + extra} clients but only {n} samples"):
+        partition(labels, n + 1 + extra, method, seed=seed)
+    with pytest.raises(ValueError, match="min_size must be >= 1"):
+        partition(labels, 1, method, seed=seed, min_size=0)
 
 
 @given(st.lists(st.lists(st.integers(0, 30), min_size=3, max_size=3), min_size=1, max_size=30),
@@ -222,7 +237,7 @@ def test_apportion_ties_go_to_the_lower_index():
 
 
 def test_randomness_only_from_partition_streams(monkeypatch):
-    """RNG-1: every draw comes from refimpl.rng.stream(seed, PARTITION, ...); the global
+    """RNG-1: every draw comes from refimpl.core.rng.stream(seed, PARTITION, ...); the global
     NumPy random state is never read (re-seeding it changes nothing)."""
     calls = []
     real = P.stream

@@ -252,9 +252,10 @@ def test_docs_memory_md_is_generated_from_the_ledger():
 
 def test_input_shape_that_does_not_fit_the_model_is_a_clear_error():
     model = models.build("cnn", 1, 10)
-    with pytest.raises(ValueError, match=r"does not fit input shape 3x28x28 \(C x H x W\)"):
+    with pytest.raises(ValueError, match=r"input 3x28x28 does not fit model cnn \(C x H x W: "
+                                         r"check the number of channels\)"):
         M.ledger(model, (3, 28, 28), 2)
-    with pytest.raises(ValueError, match=r"does not fit input shape 1x2x2"):
+    with pytest.raises(ValueError, match=r"input 1x2x2 is too small .* height and width >= 4"):
         M.ledger(model, (1, 2, 2), 2)
     with pytest.raises(ValueError, match="batch"):
         M.ledger(model, (1, 28, 28), 0)

@@ -35,21 +35,44 @@ def run_check(directory, against=None, verbose: bool = False, out=print) -> int:
     """Compare the dump in ``directory`` with ``against`` (a dump directory or .bin file), or
     with a fresh export of the same scenario; print the report; 0 on a match, 1 otherwise."""
     from .check import check_dumps
-    from .dump import Dump
+    from .dump import Dump, DumpError
     from .export import export
 
     candidate = Dump.open(directory, need_manifest=against is None)
     if against is not None:
         report = check_dumps(candidate, Dump.open(against))
     else:
-        sets = candidate.manifest["scenario"].get("sets", [])
+        sets = _manifest_sets(candidate)
         with tempfile.TemporaryDirectory(prefix="fedmef-conformance-") as tmp:
             ref = Path(tmp) / "reference"
-            export(ref, sets)
+            try:
+                export(ref, sets)
+            except ValueError as e:  # a bad override read from the candidate's manifest
+                raise DumpError(f"{_manifest_name(candidate)}: its scenario.sets {sets} cannot "
+                                f"be exported: {e}; fix the manifest or pass --against REF"
+                                ) from None
             report = check_dumps(candidate, Dump.open(ref))
             report.reference = f"fresh export of this checkout (scenario sets {sets})"
     out(report.format(verbose))
     return 0 if report.ok else 1
+
+
+def _manifest_name(dump) -> str:
+    p = Path(dump.path)
+    return str(p / "manifest.json") if (p / "manifest.json").exists() else \
+        f"the manifest in {str(dump.path)!r}"
+
+
+def _manifest_sets(dump) -> list[str]:
+    """The scenario overrides recorded in a dump's manifest, checked to be a list of strings."""
+    from .dump import DumpError
+
+    scenario = dump.manifest.get("scenario")
+    sets = scenario.get("sets", []) if isinstance(scenario, dict) else None
+    if not (isinstance(sets, list) and all(isinstance(x, str) for x in sets)):
+        raise DumpError(f"{_manifest_name(dump)}: scenario.sets must be a list of "
+                        f"\"section.key=value\" strings, received {sets!r}")
+    return sets
 
 
 def _cmd_check(args) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import zipfile
@@ -29,7 +30,7 @@ from . import binfile
 from .quantities import KINDS
 
 __all__ = ["FORMAT", "MANIFEST", "BINFILE", "DumpError", "Dump", "step_file", "write_dump",
-           "validate_manifest"]
+           "validate_manifest", "check_target"]
 
 FORMAT = "fedmef-conformance/1"
 MANIFEST = "manifest.json"
@@ -72,20 +73,61 @@ def manifest_text(manifest: dict) -> str:
     return json.dumps(manifest, indent=1, ensure_ascii=False) + "\n"
 
 
+_DUMP_FILE = re.compile(rf"({re.escape(MANIFEST)}|{re.escape(BINFILE)}|\..+\.tmp)")
+_STEP_FILE = re.compile(r"\d{3}_\w+\.npz|\..+\.tmp")
+
+
+def _ours(out: Path) -> str | None:
+    """None when ``out`` is a dump this project wrote (a manifest of format :data:`FORMAT` and
+    nothing but dump files), else why not."""
+    try:
+        m = json.loads((out / MANIFEST).read_text("utf-8"))
+    except FileNotFoundError:
+        return f"it holds no {MANIFEST}, so it is not a conformance dump"
+    except (OSError, ValueError):
+        return f"its {MANIFEST} is not JSON, so it is not a conformance dump"
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        return f"its {MANIFEST} is not of format {FORMAT!r}, so this project did not write it"
+    foreign = []
+    for p in sorted(out.iterdir()):
+        if p.name == STEPS and p.is_dir() and not p.is_symlink():
+            foreign += [f"{STEPS}/{q.name}" for q in sorted(p.iterdir())
+                        if not (q.is_file() and _STEP_FILE.fullmatch(q.name))]
+        elif not (p.is_file() and _DUMP_FILE.fullmatch(p.name)):
+            foreign.append(p.name)
+    if foreign:
+        return (f"besides the dump it holds other files ({', '.join(foreign[:5])}"
+                f"{' and more' if len(foreign) > 5 else ''}); move them out")
+    return None
+
+
+def check_target(directory, overwrite: bool) -> bool:
+    """Whether a dump may be written to ``directory``; True when it replaces an existing dump.
+    An existing directory is replaced only with ``overwrite`` and only when it is a dump this
+    project wrote (:func:`_ours`); anything else raises :class:`DumpError`."""
+    out = Path(directory)
+    if out.exists() and not out.is_dir():
+        raise DumpError(f"{str(out)!r} is a file, not a directory; choose a directory")
+    if not out.exists() or not any(out.iterdir()):
+        return False
+    if not overwrite:
+        raise DumpError(f"{str(out)!r} already exists and is not empty; pass --overwrite to "
+                        f"replace it")
+    why = _ours(out)
+    if why is not None:
+        raise DumpError(f"refusing to overwrite {str(out)!r}: {why}; choose another directory")
+    return True
+
+
 def write_dump(directory, head: dict, steps: list, overwrite: bool = False,
                npz: bool = True) -> dict:
     """Write ``steps`` (:class:`refimpl.conformance.recorder.Step`) under ``directory`` and return
     the manifest. The dump is assembled in a temporary sibling directory, every file written
-    atomically, then renamed into place, so ``directory`` never holds half a dump.
-    ``npz=False`` writes only manifest.json and conformance.bin (the committed golden dump)."""
+    atomically, then renamed into place (an old dump is renamed aside first and removed last),
+    so ``directory`` never holds half a dump. ``npz=False`` writes only manifest.json and
+    conformance.bin (the committed golden dump)."""
     out = Path(directory)
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
-        if not overwrite:
-            raise DumpError(f"{str(out)!r} already exists and is not empty; pass --overwrite to "
-                            f"replace it")
-        if not (out / MANIFEST).exists():
-            raise DumpError(f"refusing to overwrite {str(out)!r}: it holds no {MANIFEST}, so it "
-                            f"is not a conformance dump")
+    check_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     manifest = {**head, "steps": [s.entry(step_file(i, s.name)) for i, s in enumerate(steps)]}
     # a fresh sibling (same file system, so the final rename is atomic), created with the
@@ -102,12 +144,19 @@ def write_dump(directory, head: dict, steps: list, overwrite: bool = False,
             tensors.update({f"{s.name}/{k}": a for k, a in s.arrays.items()})
         atomic_write_bytes(tmp / BINFILE, binfile.encode(tensors, manifest))
         atomic_write_text(tmp / MANIFEST, manifest_text(manifest))
+        old = None
         if out.exists():
-            shutil.rmtree(out)
+            if check_target(out, overwrite):  # checked again: still an empty dir or our dump
+                old = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.old"
+                os.rename(out, old)
+            else:
+                out.rmdir()  # empty
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if old is not None:
+        shutil.rmtree(old)
     return manifest
 
 

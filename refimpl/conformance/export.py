@@ -17,7 +17,7 @@ from ..core.rng import Purpose
 from ..fl.engine import run_round
 from ..fl.runner import _threads
 from . import scenario
-from .dump import FORMAT, write_dump
+from .dump import FORMAT, check_target, write_dump
 from .quantities import manifest_table
 from .recorder import Recorder
 
@@ -78,7 +78,9 @@ def manifest_head(cfg, model, sets) -> dict:
 
 def export(directory, sets=(), overwrite: bool = False, npz: bool = True) -> dict:
     """Export the scenario's dump to ``directory``; return the manifest. ``npz=False`` skips
-    the per-step .npz files (manifest.json and conformance.bin only)."""
+    the per-step .npz files (manifest.json and conformance.bin only). An existing ``directory``
+    is refused before the scenario runs unless it may be replaced (:func:`check_target`)."""
     sets = list(sets)
+    check_target(directory, overwrite)
     cfg, model, steps = record(sets)
     return write_dump(directory, manifest_head(cfg, model, sets), steps, overwrite, npz)

@@ -55,6 +55,13 @@ def scenario_config(sets=()) -> Config:
     if not cfg.dynamic or cfg.sparse.delta_t != ROUNDS_RUN:
         raise ValueError(f"the conformance scenario adjusts the mask in round {ROUNDS_RUN}: it "
                          f"needs a dynamic method and sparse.delta_t = {ROUNDS_RUN}")
+    if cfg.run.rounds <= ROUNDS_RUN or cfg.t_end <= ROUNDS_RUN:
+        # R >= the rounds run (CONV-7), and α_t = 0 at t = T_end (PG-2): the adjustment of round
+        # ROUNDS_RUN would move nothing unless T_end is later
+        raise ValueError(f"the conformance scenario runs {ROUNDS_RUN} rounds and adjusts the mask "
+                         f"in round {ROUNDS_RUN}: it needs run.rounds > {ROUNDS_RUN} and "
+                         f"sparse.t_end = 0 or > {ROUNDS_RUN} (received run.rounds = "
+                         f"{cfg.run.rounds}, sparse.t_end = {cfg.sparse.t_end})")
     if cfg.sap.gamma == 0 and cfg.sap.cache_policy == "dense":
         raise ValueError("the conformance scenario records every layer's SAP cache: keep "
                          "sap.gamma > 0 or a cache policy other than 'dense' (γ = 0 with "

@@ -58,3 +58,19 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     return int(_numba.get_num_threads()) if JIT_ENABLED else 1
+
+
+def interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` is a Ctrl-C. A KeyboardInterrupt that arrives while a compiled kernel
+    runs is raised when the kernel returns, and CPython then reports it as ``SystemError:
+    CPUDispatcher(...) returned a result with an exception set`` with the KeyboardInterrupt as
+    its cause; this looks through that chain."""
+    seen = 0
+    while exc is not None and seen < 16:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        if not isinstance(exc, SystemError):
+            return False
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False

@@ -36,7 +36,8 @@ def add_parser(subparsers):
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration")
     p.add_argument("--classes-per-client", type=int, default=2, help="pathological: c")
     p.add_argument("--min-size", type=int, default=None,
-                   help="minimum samples per client (default min(10, n // (2 * clients)))")
+                   help="minimum samples per client, >= 1 (default max(1, min(10, n // (2 * "
+                   "clients))))")
     p.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keys", default="content", choices=["content", "index"],

@@ -46,8 +46,9 @@ __all__ = ["partition", "partition_with_info", "PartitionInfo", "METHODS", "DEFA
            "DEFAULT_MAX_RETRIES", "apportion", "repair_counts", "canonical_order"]
 
 METHODS = ("iid", "dirichlet", "pathological")
-#: min_size=None means min(DEFAULT_MIN_SIZE, n // (2 * num_clients)): at most half an equal
-#: share, so the default never forces all clients to the same size.
+#: min_size=None means max(1, min(DEFAULT_MIN_SIZE, n // (2 * num_clients))): at most half an
+#: equal share, so the default never forces all clients to the same size, and never below 1: no
+#: client is ever empty (num_clients > n is an error).
 DEFAULT_MIN_SIZE = 10
 DEFAULT_MAX_RETRIES = 50
 _SUB_DRAW, _SUB_CLASS_SHUFFLE, _SUB_IID = 0, 1, 2
@@ -193,9 +194,16 @@ def partition_with_info(labels, num_clients: int, method: str = "dirichlet", *,
         if _int_arg("num_classes", num_classes, 0) < C:
             raise ValueError(f"partition: label {C - 1} >= num_classes={num_classes}")
         C = int(num_classes)
+    if K > n:
+        raise ValueError(f"partition: {K} clients but only {n} samples; every client needs at "
+                         f"least one sample, so use at most {n} clients (or more data)")
     if min_size is None:
-        min_size = min(DEFAULT_MIN_SIZE, n // (2 * K))
-    min_size = _int_arg("min_size", min_size, 0)
+        min_size = max(1, min(DEFAULT_MIN_SIZE, n // (2 * K)))
+    if isinstance(min_size, (int, np.integer)) and not isinstance(min_size, bool) \
+            and min_size < 1:
+        raise ValueError("partition: min_size must be >= 1: a client with no samples cannot "
+                         "train (None picks min(10, n // (2 * num_clients)), at least 1)")
+    min_size = _int_arg("min_size", min_size, 1)
     if min_size * K > n:
         raise ValueError(f"partition: min_size={min_size} is infeasible for {K} clients and "
                          f"{n} samples (needs min_size * num_clients <= {n}); lower min_size "
@@ -268,8 +276,9 @@ def partition(labels, num_clients: int, method: str = "dirichlet", *, alpha: flo
     labels  int (n,), values >= 0.       keys  optional (n,) sortable content keys (see module
     doc: with them the result is independent of the dataset's order).
     method  "iid" | "dirichlet" (``alpha`` > 0) | "pathological" (``classes_per_client``).
-    min_size  every client gets at least this many samples (None: min(10, n // (2 * K)));
-              ValueError when min_size * num_clients > n.
+    min_size  every client gets at least this many samples, >= 1 (None: max(1, min(10,
+              n // (2 * K)))); ValueError when min_size * num_clients > n, or when
+              num_clients > n (a client would be empty).
     max_retries  extra Dirichlet draws before the deterministic repair.
     seed    stream PARTITION (RNG-1): same arguments, same result.
 

@@ -52,13 +52,6 @@ def _print_pictures(out: Path) -> None:
 
 
 def _cmd_run(args) -> int:
-    try:
-        return _run_command(args)
-    except KeyboardInterrupt:
-        return 130
-
-
-def _run_command(args) -> int:
     from .config import key_table, load_config, to_toml
     from .runner import run
 

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from .config import load_config
-from .runner import human_bytes, read_metrics, summarize
+from .rundir import parse_metrics
+from .runner import human_bytes, summarize
 
 __all__ = ["compare_rows", "format_table", "accuracy_series", "save_compare_plot"]
 
@@ -29,16 +30,41 @@ def _fmt(v, kind="") -> str:
     return str(v)
 
 
+_SUMMARY_KEYS = ("method", "norm", "bae", "sap_gamma", "density", "rounds", "rounds_completed",
+                 "final_test_accuracy", "best_test_accuracy", "activation_bytes_max",
+                 "bytes_up_total", "bytes_down_total", "seconds_per_round")
+
+
+def _summary(d: Path) -> dict:
+    """summary.json of a finished run; a damaged one is an error naming the file."""
+    p = d / "summary.json"
+    try:
+        s = json.loads(p.read_text("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{str(p)!r} is damaged: not a JSON summary ({e}); `fedmef run --resume "
+                         f"{d}` rewrites it") from None
+    missing = [k for k in _SUMMARY_KEYS if k not in s] if isinstance(s, dict) else ["all keys"]
+    if missing:
+        raise ValueError(f"{str(p)!r} is damaged: it lacks {', '.join(missing)}; `fedmef run "
+                         f"--resume {d}` rewrites it")
+    return s
+
+
 def compare_rows(dirs) -> list[list[str]]:
     rows = []
     for d in map(Path, dirs):
         if not (d / "config.toml").exists():
             raise FileNotFoundError(f"{str(d)!r} is not a run directory (no config.toml)")
         if (d / "summary.json").exists():
-            s = json.loads((d / "summary.json").read_text("utf-8"))
-        else:  # unfinished: summarise what the metrics hold
+            s = _summary(d)
+        else:  # unfinished: summarise what the metrics hold, every record verified
             cfg = load_config(path=d / "config.toml")
-            s = summarize(cfg, read_metrics(d / "metrics.jsonl"), 0.0, 0)
+            try:
+                records = parse_metrics(d / "metrics.jsonl")
+            except ValueError as e:
+                raise ValueError(f"{e}; damage after the newest checkpoint is repaired by "
+                                 f"`fedmef run --resume {d}`") from None
+            s = summarize(cfg, records, 0.0, 0)
         done = s["rounds_completed"]
         rows.append([
             d.name or str(d), s["method"], s["norm"], _fmt(s["bae"]), _fmt(s["sap_gamma"]),
@@ -68,7 +94,7 @@ def accuracy_series(dirs) -> list[dict]:
         if not (d / "config.toml").exists():
             raise FileNotFoundError(f"{str(d)!r} is not a run directory (no config.toml)")
         cfg = load_config(path=d / "config.toml")
-        recs = read_metrics(d / "metrics.jsonl")
+        recs = parse_metrics(d / "metrics.jsonl")
         evals = [r for r in recs if r["test_accuracy"] is not None]
         density = "dense" if cfg.sparse.density >= 1 else f"density {cfg.sparse.density:g}"
         sap = f"SAP γ {cfg.sap.gamma:g}" if cfg.sap.gamma > 0 else "no SAP"

@@ -292,6 +292,10 @@ def _resolve(cfg: Config) -> Config:
         raise ConfigError(f"bae.rounds = {cfg.bae.rounds} must be smaller than sparse.delta_t = "
                           f"{cfg.sparse.delta_t}: the extrusion rounds before one adjustment "
                           f"may not reach back to the previous one (BAE-5)")
+    if cfg.train.lr_schedule == "exponential" and cfg.train.lr_min > cfg.train.lr:
+        raise ConfigError(f"train.lr_min = {cfg.train.lr_min} exceeds train.lr = {cfg.train.lr}: "
+                          f"the exponential schedule would raise the learning rate (LT-1); set "
+                          f"lr_min <= lr, or lr_schedule = 'constant'")
     if cfg.train.clients_per_round > cfg.data.num_clients:
         raise ConfigError(f"train.clients_per_round = {cfg.train.clients_per_round} exceeds "
                           f"data.num_clients = {cfg.data.num_clients}")
@@ -350,6 +354,11 @@ def _read_file(path) -> dict:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise FileNotFoundError(f"config file {str(p)!r} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {str(p)!r} is a directory; expected a TOML file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text (TOML files are UTF-8): "
+                          f"{e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
 

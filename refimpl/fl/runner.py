@@ -3,44 +3,70 @@
 
 Run directory layout (docs/federated.md has the schemas)::
 
+    run.json           marker: format fedmef-run/1 and the config's SHA-256 (rundir.py)
     config.toml        resolved configuration (loadable with --config)
     partition.json     partition report (DATA-2); partition.txt, partition.png beside it
-    metrics.jsonl      one JSON record per round, deterministic (no wall times)
-    checkpoints/       round_NNNNN.npz, the two newest kept, written atomically
+    metrics.jsonl      one JSON record per round, deterministic (no wall times), fsynced
+    checkpoints/       round_NNNNN.npz, the two newest kept, written atomically; each records
+                       the SHA-256 of metrics.jsonl up to its round
     model.npz          final global model: param/<name>, buffer/<name>, mask/<name>
     summary.json       final results and wall time
     plots/             accuracy.png, loss.png, memory.png (refimpl.fl.plots)
+
+How the directory is recognised, locked, built beside and swapped in: :mod:`.rundir`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import os
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from ..core._jit import interrupted
 from .config import Config, load_config, to_toml
 from .data import load_fed_data
 from .engine import run_round
+from .rundir import (
+    DirLock,
+    MetricsError,
+    RunDirError,
+    check_resumable,
+    check_target,
+    deferred_sigint,
+    discard,
+    new_sibling,
+    read_marker,
+    swap_in,
+    sweep_tmp,
+    verify_metrics,
+    write_marker,
+)
 from .state import GlobalState, build_model, init_state
 from .store import (
     CheckpointError,
+    atomic_write_bytes,
     atomic_write_text,
     list_checkpoints,
     load_checkpoint,
+    naming,
     save_checkpoint,
     write_npz,
 )
 
-__all__ = ["run", "RunDirError", "read_metrics", "human_bytes"]
+__all__ = ["run", "RunDirError", "MetricsError", "RunInterrupted", "read_metrics",
+           "human_bytes"]
 
 
-class RunDirError(ValueError):
-    """The output directory cannot be used as asked; the message says how to proceed."""
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message (already logged, hence ``reported``) says what the
+    directory now holds and how to continue."""
+
+    reported = True
 
 
 def human_bytes(n: float) -> str:
@@ -66,12 +92,13 @@ def _jsonable(obj):
 
 
 def read_metrics(path) -> list[dict]:
-    """The records of a metrics.jsonl; a torn last line (an interrupted write) is dropped."""
+    """The records of a metrics.jsonl up to the first line that is not a JSON record (lenient:
+    for display; :func:`refimpl.fl.rundir.parse_metrics` is the verifying reader)."""
     out = []
     p = Path(path)
     if not p.exists():
         return out
-    for line in p.read_text("utf-8").splitlines():
+    for line in p.read_text("utf-8", errors="replace").splitlines():
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:
@@ -79,45 +106,80 @@ def read_metrics(path) -> list[dict]:
     return out
 
 
-def _check_out(out: Path, overwrite: bool) -> bool:
-    """Whether ``out`` holds a run to replace; raises when it may not be used."""
-    if not (out.exists() and any(out.iterdir())):
-        return False
-    if not overwrite:
-        raise RunDirError(f"output directory {str(out)!r} already exists and is not empty; "
-                          f"pass --overwrite to replace it or --resume {out} to continue it")
-    if not (out / "config.toml").exists():
-        raise RunDirError(f"refusing to overwrite {str(out)!r}: it holds files but no "
-                          f"config.toml, so it is not a run directory; choose another --out")
-    return True
-
-
-def _prepare_dir(out: Path, overwrite: bool) -> None:
-    if _check_out(out, overwrite):
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-
-
 def _config_sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _restore(out: Path, config_sha: str, model, cfg: Config, log) -> GlobalState | None:
-    """The state of the newest checkpoint, or None when the run has none yet."""
+def _read_config_text(out: Path) -> str:
+    path = out / "config.toml"
+    try:
+        return path.read_text("utf-8")
+    except UnicodeDecodeError as e:
+        raise RunDirError(f"cannot resume {str(out)!r}: {str(path)!r} is not UTF-8 text ({e})"
+                          ) from None
+
+
+def _load_state(path: Path, sha: str, model, cfg: Config) -> tuple[dict, GlobalState]:
+    """Header and state of one checkpoint, verified against the config and the model."""
+    header, arrays = load_checkpoint(path, sha)
+    try:
+        state = GlobalState.from_arrays(int(header["round"]), int(header["mask_version"]),
+                                        arrays, model, dense=not cfg.sparse_masks)
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not fit the configured model "
+                              f"({e})") from None
+    return header, state
+
+
+def _advice(err: CheckpointError, newest: Path, earlier, sha: str, model, cfg: Config,
+            out: Path) -> str:
+    """How to recover from an unusable newest checkpoint, naming another checkpoint only after
+    loading it and matching it against the configuration and the model."""
+    if err.kind == "config":
+        return (f"config.toml of {out} was edited after the checkpoints were written: put the "
+                f"original back to resume, or start a new run from the edited file with "
+                f"`fedmef run --config {out / 'config.toml'} --out OTHER_DIR`")
+    if err.kind == "round":
+        return "then resume again"
+    for t, p in reversed(earlier):
+        try:
+            _load_state(p, sha, model, cfg)
+        except CheckpointError:
+            continue
+        return (f"the previous checkpoint {p.name} (round {t}) loads and matches the "
+                f"configuration: delete {newest.name} to resume from it")
+    return (f"no other checkpoint loads and matches the configuration: start again with "
+            f"`fedmef run --config {out / 'config.toml'} --out {out} --overwrite` (same config, "
+            f"same bytes)")
+
+
+def _restore(out: Path, sha: str, model, cfg: Config, log) -> tuple[GlobalState | None, dict]:
+    """The state and header of the newest checkpoint, or (None, {}) when the run has none."""
     cps = list_checkpoints(out / "checkpoints")
     if not cps:
-        return None
+        return None, {}
     t, path = cps[-1]
     try:
-        header, arrays = load_checkpoint(path, config_sha)
+        header, state = _load_state(path, sha, model, cfg)
     except CheckpointError as e:
-        hint = (f"; the previous checkpoint {cps[-2][1].name} (round {cps[-2][0]}) is intact: "
-                f"delete {path.name} to resume from it" if len(cps) > 1 else
-                "; no earlier checkpoint exists: start again with --overwrite")
-        raise CheckpointError(f"{e}{hint}") from None
+        raise CheckpointError(f"{e}; {_advice(e, path, cps[:-1], sha, model, cfg, out)}",
+                              e.kind) from None
     log(f"resuming {out} from {path.name} (round {t})")
-    return GlobalState.from_arrays(int(header["round"]), int(header["mask_version"]), arrays,
-                                   model, dense=not cfg.sparse_masks)
+    return state, header
+
+
+def _preflight(cfg: Config, model, data) -> None:
+    """Data the model cannot take (images too small for its convolutions and pools) fail here,
+    before any file is written: a shape-only walk of the model (the memory ledger's)."""
+    from ..memory import ledger
+
+    try:
+        ledger(model, data.input_shape, 1, loss=False)
+    except ValueError as e:
+        what = (f"data.synthetic_shape = {list(data.input_shape)}"
+                if cfg.data.dataset == "synthetic" else
+                f"the images of {data.name} ({'x'.join(map(str, data.input_shape))})")
+        raise RunDirError(f"{what} does not fit model.name = {cfg.model.name!r}: {e}") from None
 
 
 def _one_line(e: Exception) -> str:
@@ -194,49 +256,123 @@ def _threads(n: int):
         _jit.set_num_threads(before)
 
 
+class _Where:
+    """What the directory holds at a given moment of :func:`run`, for the interruption
+    message: ``nothing`` (a new run not yet in place), ``unchanged`` (an ``--overwrite`` run not
+    yet in place; the old run is intact) or ``run`` (a run that ``--resume`` continues)."""
+
+    def __init__(self, out: Path, state: str):
+        self.out, self.state = out, state
+
+    def resume_point(self) -> str:
+        cps = list_checkpoints(self.out / "checkpoints")
+        return f"round {cps[-1][0]}" if cps else "the start (no checkpoint yet)"
+
+    def interrupted(self) -> str:
+        return self._says("interrupted")
+
+    def stopped(self) -> str:
+        return self._says("stopped by an error")
+
+    def _says(self, what: str) -> str:
+        if self.state == "nothing":
+            return f"{what} before the first round finished; nothing was kept in {self.out}"
+        if self.state == "unchanged":
+            return f"{what} before the new run's first round finished; {self.out} is unchanged"
+        return f"{what}; `fedmef run --resume {self.out}` continues from {self.resume_point()}"
+
+
 def run(cfg: Config | None, out, *, resume: bool = False, overwrite: bool = False,
         progress: bool = True, stop_after: int | None = None, plots: bool = True,
         log=print) -> dict:
     """Run (or resume) a federated run into directory ``out``; return the summary.
 
     ``resume=True`` reads ``out/config.toml`` (``cfg`` must be None) and continues from the
-    newest checkpoint, bit-identically to an uninterrupted run. ``stop_after`` ends the run after
-    that round without the final outputs (an interruption, for tests). ``plots=False`` skips
-    the PNG files (they take a second or two); a picture that cannot be drawn is reported in
-    one ``log`` line and the run goes on.
+    newest checkpoint, bit-identically to an uninterrupted run, after verifying the checkpoint
+    and that ``metrics.jsonl`` holds its rounds intact. A new run (fresh or ``overwrite=True``)
+    is built beside ``out`` and moved into place after its first round; ``overwrite`` replaces
+    only a run directory this project wrote (:mod:`refimpl.fl.rundir`). ``stop_after`` ends the
+    run after that round without the final outputs (an interruption, for tests).
+    ``plots=False`` skips the PNG files (they take a second or two); a picture that cannot be
+    drawn is reported in one ``log`` line and the run goes on.
+
+    Ctrl-C (also inside a compiled kernel) logs what the directory holds and how to continue,
+    then raises :class:`RunInterrupted` (a KeyboardInterrupt).
     """
+    out = Path(out)
+    if out.is_symlink():  # the directory it points to is the run (its lock and swap are there)
+        out = out.resolve()
+    if out.name in ("", ".", ".."):  # "." has no name to put a sibling or a lock beside
+        out = Path(os.path.abspath(out))
+    where = _Where(out, "run" if resume else "nothing")
+    try:
+        with ExitStack() as stack:
+            return _run(stack, where, cfg, out, resume, overwrite, progress, stop_after, plots,
+                        log)
+    except BaseException as e:
+        if interrupted(e):
+            msg = where.interrupted()
+            log(msg)
+            raise RunInterrupted(msg) from None
+        if isinstance(e, OSError):
+            log(where.stopped())
+        raise
+
+
+def _run(stack: ExitStack, where: _Where, cfg, out: Path, resume, overwrite, progress,
+         stop_after, plots, log) -> dict:
     from tqdm import tqdm
 
-    out = Path(out)
     if resume:
         if cfg is not None:
             raise RunDirError("--resume continues a run with its own config.toml; do not pass "
                               "--preset, --config or --set with it")
-        if not (out / "config.toml").exists():
-            raise RunDirError(f"cannot resume {str(out)!r}: it has no config.toml (not a run "
-                              f"directory)")
-        text = (out / "config.toml").read_text("utf-8")
+        check_resumable(out)
+        stack.enter_context(DirLock(out))
+        sweep_tmp(out)
+        text = _read_config_text(out)
         cfg = load_config(path=out / "config.toml")
+        sha = _config_sha(text)
+        marker = read_marker(out)
+        if marker is not None and marker.get("config_sha256") != sha:
+            raise RunDirError(f"cannot resume {str(out)!r}: its config.toml was edited after the "
+                              f"run started (its SHA-256 no longer matches {out / 'run.json'}); "
+                              f"put the original back, or start a new run from the edited file "
+                              f"with `fedmef run --config {out / 'config.toml'} --out OTHER_DIR`")
     else:
-        _check_out(out, overwrite)
-    # data, model and initial masks first: their errors (a missing dataset, a density too
-    # small for a layer) must not leave a half-made run directory behind
+        if check_target(out, overwrite):
+            where.state = "unchanged"
+        text = to_toml(cfg)
+        sha = _config_sha(text)
+    # data, model, initial masks and the shapes first: their errors (a missing dataset, a
+    # density too small for a layer, images too small for the model) leave every file as it was
     data = load_fed_data(cfg)
     model = build_model(cfg, data.input_shape[0], data.num_classes)
     initial = init_state(cfg, model)
-    if not resume:
-        _prepare_dir(out, overwrite)
-        text = to_toml(cfg)
-        atomic_write_text(out / "config.toml", text)
-    sha = _config_sha(text)
-    _write_partition(out, data, plots, log)
-    state = _restore(out, sha, model, cfg, log) if resume else None
-    if state is None:
-        state = initial
-    # metrics of rounds after the checkpoint are recomputed (identically) below
-    records = [r for r in read_metrics(out / "metrics.jsonl") if r["round"] <= state.round]
-    atomic_write_text(out / "metrics.jsonl",
-                      "".join(json.dumps(r) + "\n" for r in records))
+    _preflight(cfg, model, data)
+    if resume:
+        state, header = _restore(out, sha, model, cfg, log)
+        state = state or initial
+        kept, records = verify_metrics(
+            out / "metrics.jsonl", state.round, header.get("metrics_sha256"),
+            f"To recover, put the original metrics.jsonl back, or start the run again with "
+            f"`fedmef run --config {out / 'config.toml'} --out {out} --overwrite` (same config, "
+            f"same bytes)")
+        if read_marker(out) is None:  # a run directory written before the marker existed
+            write_marker(out, sha)
+        atomic_write_bytes(out / "metrics.jsonl", kept)  # rounds after the checkpoint: redone
+        work = out
+    else:
+        stack.enter_context(DirLock(out))
+        if check_target(out, overwrite):  # again under the lock: another run may have written it
+            where.state = "unchanged"
+        work = new_sibling(out)
+        stack.callback(lambda: work != out and discard(work))
+        write_marker(work, sha)
+        atomic_write_text(work / "config.toml", text)
+        atomic_write_bytes(work / "metrics.jsonl", b"")
+        state, records, kept = initial, [], b""
+    _write_partition(work, data, plots, log)
 
     density = "dense" if state.masks is None else f"density {cfg.sparse.density:g}"
     log(f"{cfg.run.method} on {data.name}: {cfg.data.num_clients} clients, "
@@ -248,28 +384,36 @@ def run(cfg: Config | None, out, *, resume: bool = False, overwrite: bool = Fals
     acc = next((r["test_accuracy"] for r in reversed(records)
                 if r["test_accuracy"] is not None), None)
     last = cfg.run.rounds if stop_after is None else min(stop_after, cfg.run.rounds)
+    digest = hashlib.sha256(kept)  # of metrics.jsonl so far; each checkpoint records it
     try:
-        with _threads(cfg.run.threads), open(out / "metrics.jsonl", "a", encoding="utf-8") as mf:
+        with _threads(cfg.run.threads), open(work / "metrics.jsonl", "ab") as mf:
             for t in range(start + 1, last + 1):
                 state, rec = run_round(cfg, model, state, data, t)
                 rec = _jsonable(rec)
-                mf.write(json.dumps(rec) + "\n")
-                mf.flush()
+                line = (json.dumps(rec) + "\n").encode("utf-8")
+                with naming(work / "metrics.jsonl"):
+                    mf.write(line)
+                    mf.flush()
+                    os.fsync(mf.fileno())  # on disk before a checkpoint can name this round
+                digest.update(line)
                 records.append(rec)
                 if t % cfg.run.checkpoint_every == 0 or t == cfg.run.rounds:
-                    save_checkpoint(out / "checkpoints", t, state.to_arrays(), sha,
-                                    {"mask_version": state.mask_version})
+                    save_checkpoint(work / "checkpoints", t, state.to_arrays(), sha,
+                                    {"mask_version": state.mask_version,
+                                     "metrics_sha256": digest.hexdigest()})
+                if work != out:  # the new run has started: it takes the place of the old
+                    with deferred_sigint():
+                        swap_in(work, out)
+                        work, where.state = out, "run"
                 acc = rec["test_accuracy"] if rec["test_accuracy"] is not None else acc
                 bar.set_postfix(_postfix(rec, acc), refresh=False)
                 bar.update(1)
-    except KeyboardInterrupt:
-        bar.close()
-        cps = list_checkpoints(out / "checkpoints")
-        where = f"round {cps[-1][0]}" if cps else "the start (no checkpoint yet)"
-        log(f"interrupted; `fedmef run --resume {out}` continues from {where}")
-        raise
     finally:
         bar.close()
+    if work != out:  # no round was asked for (stop_after = 0)
+        with deferred_sigint():
+            swap_in(work, out)
+            work, where.state = out, "run"
     seconds = time.perf_counter() - t0
     summary = summarize(cfg, records, seconds, last - start)
     if last < cfg.run.rounds:

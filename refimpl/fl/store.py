@@ -18,25 +18,51 @@ import io
 import json
 import os
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "write_npz", "read_npz", "CheckpointError",
-           "save_checkpoint", "load_checkpoint", "list_checkpoints", "CHECKPOINT_FORMAT"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "naming", "write_npz", "read_npz",
+           "CheckpointError", "save_checkpoint", "load_checkpoint", "list_checkpoints",
+           "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "fedmef-checkpoint/1"
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
+@contextmanager
+def naming(path):
+    """An OSError raised inside without a file name (a write or an fsync on a descriptor, as on
+    a full disk) is raised again naming ``path``, so the message says which file failed."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically; on any failure (a full disk, Ctrl-C) the temporary
+    file is removed and ``path`` keeps its old content. An OSError names ``path`` (not the
+    temporary file, which no longer exists)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        if isinstance(e, OSError) and e.errno is not None and e.filename in (None, str(tmp)):
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
 
 
 def atomic_write_text(path, text: str) -> None:
@@ -67,7 +93,13 @@ def read_npz(path) -> dict[str, np.ndarray]:
 
 
 class CheckpointError(ValueError):
-    """A checkpoint cannot be used; the message names the file and says why."""
+    """A checkpoint cannot be used; the message names the file and says why. ``kind`` is
+    ``"corrupt"`` (unreadable, bad format or digest), ``"config"`` (written for another
+    configuration) or ``"round"`` (its file name does not match the round it holds)."""
+
+    def __init__(self, message: str, kind: str = "corrupt"):
+        super().__init__(message)
+        self.kind = kind
 
 
 def _digest(arrays: dict[str, np.ndarray]) -> str:
@@ -130,5 +162,14 @@ def load_checkpoint(path, config_sha: str) -> tuple[dict, dict[str, np.ndarray]]
                               f"SHA-256 recorded in its header")
     if header.get("config_sha256") != config_sha:
         raise CheckpointError(f"checkpoint {str(path)!r} was written for another configuration "
-                              f"(config.toml of the run directory changed since)")
+                              f"(config.toml of the run directory changed since)", "config")
+    t = header.get("round")
+    if isinstance(t, bool) or not isinstance(t, int) or t < 1:
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: its header holds round "
+                              f"{t!r}")
+    stem = path.stem[len("round_"):] if path.stem.startswith("round_") else ""
+    if stem.isdigit() and t != int(stem):
+        raise CheckpointError(f"checkpoint {str(path)!r} holds round {t} (its header), not "
+                              f"round {int(stem)} as its name says: it was renamed; rename it "
+                              f"back to {checkpoint_path(path.parent, t).name}", "round")
     return header, arrays
