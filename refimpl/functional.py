@@ -69,7 +69,8 @@ def _as_mask(op: str, mask, w_shape) -> np.ndarray:
 
 # ---- bilinear ---------------------------------------------------------------------------------
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, mask=None,
-           weight_grad="masked", sap_gamma=0.0, cache_policy="dense", shared_cache=None):
+           weight_grad="masked", sap_gamma=0.0, cache_policy="dense", shared_cache=None,
+           sap_keep="exact"):
     """2-D convolution (cross-correlation), PyTorch semantics (CONV-1).
 
     input (N, C_in, H, W); weight (C_out, C_in/groups, kH, kW); bias (C_out,) or None;
@@ -79,12 +80,12 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     Keyword-only, beyond PyTorch: ``mask`` (bool or 0/1, the weight's shape) runs the masked
     kernels that skip inactive weights; the weight must already be zero there (MASK-3), and
     the weight gradient is zero there too unless ``weight_grad="dense"`` (growth scores, PG-5).
-    ``sap_gamma``, ``cache_policy``, ``shared_cache``: the SAP residual policy, see
-    :func:`_sap_policy` (SAP-1..3, CACHE-1..2).
+    ``sap_gamma``, ``cache_policy``, ``shared_cache``, ``sap_keep``: the SAP residual policy,
+    see :func:`_sap_policy` (SAP-1..3, CACHE-1..2).
     """
     x, w, b = value_of(input), value_of(weight), value_of(bias)
     check_float("conv2d", input=x, weight=w, bias=b)
-    sap = _sap_policy("conv2d", sap_gamma, cache_policy, shared_cache)
+    sap = _sap_policy("conv2d", sap_gamma, cache_policy, shared_cache, sap_keep)
     check_ndim("conv2d", "input", x, 4, "(N, C_in, H, W)")
     check_ndim("conv2d", "weight", w, 4, "(C_out, C_in/groups, kH, kW)")
     if isinstance(padding, str):
@@ -122,7 +123,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     return apply(_conv.CONV2D, (input, weight, bias), p)
 
 
-def _sap_policy(op: str, sap_gamma, cache_policy, shared_cache):
+def _sap_policy(op: str, sap_gamma, cache_policy, shared_cache, sap_keep="exact"):
     """The SAP residual policy of a conv/linear call (SAP-1, SAP-2, CACHE-2).
 
     ``sap_gamma`` γ ∈ [0, 1): the cached input keeps its n_keep = numel − floor(γ·numel)
@@ -130,24 +131,26 @@ def _sap_policy(op: str, sap_gamma, cache_policy, shared_cache):
     ``cache_policy``: ``dense`` | ``bitmap`` | ``index`` | ``auto`` (smallest, ties dense >
     bitmap > index). γ = 0 with ``dense`` (the defaults) is no SAP: the layer keeps its input.
     ``shared_cache``: a :class:`refimpl.sap.SharedCache` given to every layer that reads this same
-    input, so it is encoded and held once (SAP-1).
+    input, so it is encoded and held once (SAP-1). ``sap_keep``: ``exact`` (SAP-2) or the
+    compat ``authors`` count int(numel·(1 − γ)) in float64 (docs/DEVIATIONS.md).
     """
     if shared_cache is not None and not isinstance(shared_cache, SharedCache):
         raise TypeError(f"{op}: shared_cache must be a refimpl.sap.SharedCache, received "
                         f"{type(shared_cache).__name__}")
     try:
-        return SapPolicy.make(sap_gamma, cache_policy)
+        return SapPolicy.make(sap_gamma, cache_policy, sap_keep)
     except (TypeError, ValueError) as e:
         raise type(e)(f"{op}: {e}") from None
 
 
-def linear(input, weight, bias=None, *, sap_gamma=0.0, cache_policy="dense", shared_cache=None):
+def linear(input, weight, bias=None, *, sap_gamma=0.0, cache_policy="dense", shared_cache=None,
+           sap_keep="exact"):
     """y = input @ weight.T + bias. input (*, in), weight (out, in), bias (out,) -> (*, out).
 
     Residuals: the input (for the weight gradient; under SAP its compressed x̂ over the whole
     tensor, see :func:`_sap_policy`) and the weight (for the input gradient)."""
     x, w, b = value_of(input), value_of(weight), value_of(bias)
-    sap = _sap_policy("linear", sap_gamma, cache_policy, shared_cache)
+    sap = _sap_policy("linear", sap_gamma, cache_policy, shared_cache, sap_keep)
     check_float("linear", input=x, weight=w, bias=b)
     check_ndim("linear", "weight", w, 2, "(out_features, in_features)")
     if x.ndim < 1 or x.shape[-1] != w.shape[1]:
@@ -396,16 +399,18 @@ def batch_norm2d(input, running_mean, running_var, weight=None, bias=None, train
 # ---- NSConv -----------------------------------------------------------------------------------
 def nsconv2d(input, weight, mask, gain, bias=None, stride=1, padding=0, groups=1, stats="dense",
              eps=1e-4, *, weight_grad="masked", sap_gamma=0.0, cache_policy="dense",
-             shared_cache=None):
+             shared_cache=None, sap_keep="exact"):
     """Normalised sparse convolution (SPEC §3): ``conv2d(input, Ŵ, bias)`` with the
     per-output-channel standardised kernel Ŵ = g ⊙ (W − μ) / sqrt(max(s²·F, ε)) ⊙ M.
 
     weight (C_out, C_in/groups, kH, kW); mask: bool or 0/1 array of the weight's shape (a
-    constant); gain (C_out,); ``stats`` is ``"dense"`` (NSC-1) or ``"masked"`` (NSC-2).
+    constant); gain (C_out,); ``stats`` is ``"dense"`` (NSC-1) or ``"masked"`` (NSC-2), or a
+    compat mode of the authors' code (docs/DEVIATIONS.md): ``"authors"`` (NSC-1 statistics, mask
+    ``mask ∧ (weight ≠ 0)``) or ``"authors_method1"`` (their commented-out method 1).
     Gradients reach weight and gain through the mean and variance (NSC-3). Residuals: per-channel
     scale of the standardisation, and Ŵ kept by the convolution (a weight-sized intermediate).
-    ``sap_gamma``, ``cache_policy``, ``shared_cache``: the convolution's SAP residual policy
-    (:func:`conv2d`); SAP applies to NSConv inputs like to any conv (SAP-1).
+    ``sap_gamma``, ``cache_policy``, ``shared_cache``, ``sap_keep``: the convolution's SAP
+    residual policy (:func:`conv2d`); SAP applies to NSConv inputs like to any conv (SAP-1).
     """
     w, g = value_of(weight), value_of(gain)
     check_float("nsconv2d", weight=w, gain=g, input=value_of(input), bias=value_of(bias))
@@ -417,12 +422,15 @@ def nsconv2d(input, weight, mask, gain, bias=None, stride=1, padding=0, groups=1
         raise ValueError(f"nsconv2d: stats must be one of {_nsconv.STATS}, received {stats!r}")
     if not eps > 0:
         raise ValueError(f"nsconv2d: eps must be > 0, received {eps}")
-    _sap_policy("nsconv2d", sap_gamma, cache_policy, shared_cache)  # fail before recording
-    p = _nsconv.StandardizeParams(m, stats, float(eps))
+    # fail before recording
+    _sap_policy("nsconv2d", sap_gamma, cache_policy, shared_cache, sap_keep)
+    p = _nsconv.StandardizeParams.make(m, w, stats, eps)
     what = apply(_nsconv.STANDARDIZE, (weight, gain), p)
     # An all-true mask (a dense model, ERK-3) runs the dense BLAS kernels: the same function,
-    # several times faster than the masked kernels visiting every weight.
-    dense_mask = bool(p.mask.all())
+    # several times faster than the masked kernels visiting every weight. So does a non-finite
+    # Ŵ (compat `authors_method1`): a dense convolution spreads its NaN as the authors' code does.
+    dense_mask = bool(p.mask.all()) or not np.isfinite(value_of(what)).all()
     return conv2d(input, what, bias, stride=stride, padding=padding, groups=groups,
                   mask=None if dense_mask else p.mask, weight_grad=weight_grad,
-                  sap_gamma=sap_gamma, cache_policy=cache_policy, shared_cache=shared_cache)
+                  sap_gamma=sap_gamma, cache_policy=cache_policy, shared_cache=shared_cache,
+                  sap_keep=sap_keep)

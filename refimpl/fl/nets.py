@@ -12,11 +12,12 @@ import models
 from models.graph import Conv, Residual
 
 from .. import functional as F
+from ..autodiff import vjp
 from ..ops import nsconv as _nsconv
 from ..tape import apply
 from .config import Config
 
-__all__ = ["run_options", "effective_model", "evaluate", "NSCONV_EPS"]
+__all__ = ["run_options", "effective_model", "weight_scores", "evaluate", "NSCONV_EPS"]
 
 #: ε of the NSConv standardisation (NSC-1); models.forward uses nsconv2d's default, this value.
 NSCONV_EPS = 1e-4
@@ -31,7 +32,8 @@ def run_options(cfg: Config, masks: dict | None) -> models.RunOptions:
     """RunOptions of a training forward: the masks, NSConv stats and SAP (SAP-1, CACHE-2)."""
     kw = dict(masks=masks, nsconv_stats=cfg.model.nsconv_stats)
     if _sap_supported():
-        kw.update(sap_gamma=float(cfg.sap.gamma), cache_policy=cfg.sap.cache_policy)
+        kw.update(sap_gamma=float(cfg.sap.gamma), cache_policy=cfg.sap.cache_policy,
+                  sap_keep=cfg.sap.keep_count)
     elif cfg.sap.gamma > 0 or cfg.sap.cache_policy != "auto":
         raise ValueError("this checkout's models.RunOptions has no SAP fields (sap_gamma, "
                          "cache_policy); set sap.gamma = 0 and sap.cache_policy = \"auto\"")
@@ -68,12 +70,31 @@ def effective_model(model: models.Model, params: dict, masks: dict, stats: str):
             name = f"{layer.name}.weight"
             mask = masks[name] if masks is not None and name in masks else \
                 np.ones(layer.weight_shape, dtype=bool)
-            p = _nsconv.StandardizeParams(np.asarray(mask, dtype=bool), stats, NSCONV_EPS)
+            p = _nsconv.StandardizeParams.make(mask, params[name], stats, NSCONV_EPS)
             new[name] = apply(_nsconv.STANDARDIZE, (params[name], params[f"{layer.name}.gain"]),
                               p)
             del new[f"{layer.name}.gain"]
     buffers = {k: v.copy() for k, v in model.buffers.items()}
     return models.Model(model.name, layers, new, buffers), new
+
+
+def weight_scores(model: models.Model, params: dict, masks: dict, stats: str,
+                  kernel_grads: dict) -> dict:
+    """dL/dW from dL/d(effective kernel) (compat growth score G1, docs/DEVIATIONS.md): for each
+    NSConv layer the pullback of ``kernel_grads`` through its standardisation (the vjp of the
+    same primitive the forward runs); other layers' kernels are W ⊙ M, so their gradient is
+    passed on unchanged. Returns a new dict of the prunable layers' scores."""
+    out = dict(kernel_grads)
+    for layer in models.iter_layers(model.layers):
+        if isinstance(layer, Conv) and layer.norm == "nsconv":
+            name = f"{layer.name}.weight"
+            mask = masks[name] if masks is not None and name in masks else \
+                np.ones(layer.weight_shape, dtype=bool)
+            p = _nsconv.StandardizeParams.make(mask, params[name], stats, NSCONV_EPS)
+            _, vjp_fn = vjp(lambda w, g, p=p: apply(_nsconv.STANDARDIZE, (w, g), p),
+                            params[name], params[f"{layer.name}.gain"])
+            out[name] = vjp_fn(kernel_grads[name])[0]
+    return out
 
 
 def evaluate(model: models.Model, params: dict, buffers: dict, masks: dict | None, data,
