@@ -89,18 +89,21 @@ class RunOptions:
     layer caches its input under this policy when γ > 0 or the policy is not ``dense``; the first
     conv of a block and its projection shortcut share one cache of their input (SAP-1). At γ = 0
     ``auto`` stores the input itself (dense is smallest), so the default costs nothing.
+    sap_keep: the keep-count rule, ``exact`` (SAP-2) or the compat ``authors`` (float count).
+    nsconv_stats may also name a compat mode (``authors``, ``authors_method1``).
     """
 
     masks: dict | None = None
     nsconv_stats: str = "dense"
     sap_gamma: float = 0.0
     cache_policy: str = "auto"
+    sap_keep: str = "exact"
 
     def __post_init__(self):
         if self.cache_policy not in POLICIES:
             raise ValueError(f"RunOptions: unknown cache_policy {self.cache_policy!r}; valid: "
                              f"{', '.join(POLICIES)}")
-        SapPolicy.make(self.sap_gamma, self.cache_policy)  # validates γ ∈ [0, 1)
+        SapPolicy.make(self.sap_gamma, self.cache_policy, self.sap_keep)  # validates γ, rule
 
     @property
     def sap_active(self) -> bool:
@@ -180,7 +183,7 @@ def _mask(model: Model, name: str, opts: RunOptions):
 
 def _sap_kwargs(opts: RunOptions, shared: SharedCache | None = None) -> dict:
     return {"sap_gamma": opts.sap_gamma, "cache_policy": opts.cache_policy,
-            "shared_cache": shared} if opts.sap_active else {}
+            "shared_cache": shared, "sap_keep": opts.sap_keep} if opts.sap_active else {}
 
 
 def _conv(layer: Conv, model, params, h, train, opts, shared=None):

@@ -143,7 +143,7 @@ class _Walker:
     def cache(self, r, in_shape, shared_with):
         """The input cache of a conv/linear (SAP-2, CACHE-1/2) and its no-SAP and int32 twins."""
         numel, s = math.prod(in_shape), self.s
-        k = S.keep_count(numel, self.policy.gamma) if self.policy else numel
+        k = self.policy.keep_count(numel) if self.policy else numel
         fmt = S.choose_format(self.policy.policy, numel, k, s) if self.policy else "dense"
         r.update(cache_format=fmt, cache_numel=numel, cache_keep=k, cache_shared_with=shared_with)
         if shared_with is None:

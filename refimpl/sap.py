@@ -6,6 +6,9 @@ stored compressed. With ratio γ ∈ [0, 1) and numel = x.size (whole batch):
 
     n_drop = floor(γ · numel)  (exact rational γ = Fraction(str(γ)), CONV-6)
     n_keep = numel − n_drop
+    (compat keep rule ``authors``: n_keep = int(numel · (1 − γ)) in float64, the authors'
+    DropIT count, docs/DEVIATIONS.md S1; one fewer whenever γ·numel is not an integer or
+    1 − γ rounds down, and 0 for a one-entry tensor)
     K      = the n_keep entries of largest |x|, ties by ascending flat index (CONV-4)
     x̂      = x on K, +0.0 elsewhere
 
@@ -40,15 +43,18 @@ from ._jit import JIT_ENABLED
 from .kernels import cache as K
 from .tape import Residual
 
-__all__ = ["FORMATS", "COMPAT_FORMATS", "POLICIES", "SapPolicy", "ActivationCache", "SharedCache",
-           "exact_gamma", "keep_count", "index_dtype", "format_nbytes", "choose_format",
-           "select", "keep_mask", "encode", "prune_and_encode", "decode", "default_impl"]
+__all__ = ["FORMATS", "COMPAT_FORMATS", "POLICIES", "KEEP_RULES", "SapPolicy", "ActivationCache",
+           "SharedCache", "exact_gamma", "keep_count", "index_dtype", "format_nbytes",
+           "choose_format", "select", "keep_mask", "encode", "prune_and_encode", "decode",
+           "default_impl"]
 
 FORMATS = ("dense", "bitmap", "index")
 #: Compatibility formats (docs/DEVIATIONS.md), never chosen by ``auto``: ``int32`` is the
 #: activation cache of the authors' public code (int32 flat indices + values).
 COMPAT_FORMATS = ("int32",)
 POLICIES = FORMATS + ("auto",) + COMPAT_FORMATS
+#: Keep-count rules: ``exact`` (SAP-2) and the compat ``authors`` (float count of their DropIT).
+KEEP_RULES = ("exact", "authors")
 _INDEX_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32))
 
 
@@ -75,11 +81,19 @@ def exact_gamma(gamma) -> Fraction:
     return g
 
 
-def keep_count(numel: int, gamma) -> int:
-    """SAP-2: n_keep = numel − floor(γ · numel), exact. n_keep ≥ 1 whenever numel ≥ 1."""
+def keep_count(numel: int, gamma, rule: str = "exact") -> int:
+    """SAP-2: n_keep = numel − floor(γ · numel), exact. n_keep ≥ 1 whenever numel ≥ 1.
+
+    ``rule="authors"`` (compat, not SAP-2): the authors' DropIT count ``int(numel · (1 − γ))``
+    with γ the float of the decimal and the product in float64; it can be 0."""
     if numel < 0:
         raise ValueError(f"keep_count: numel must be >= 0, received {numel}")
+    if rule not in KEEP_RULES:
+        raise ValueError(f"keep_count: unknown keep rule {rule!r}; valid rules: "
+                         f"{', '.join(KEEP_RULES)}")
     g = exact_gamma(gamma)
+    if rule == "authors":
+        return int(numel * (1.0 - float(g)))
     return numel - (g.numerator * numel) // g.denominator
 
 
@@ -131,22 +145,31 @@ def choose_format(policy: str, numel: int, n_keep: int, itemsize: int) -> str:
 
 @dataclass(frozen=True)
 class SapPolicy:
-    """The SAP residual policy of a conv/linear layer: ratio γ (exact) and cache policy."""
+    """The SAP residual policy of a conv/linear layer: ratio γ (exact), cache policy and the
+    keep-count rule (``exact``, SAP-2; ``authors``, compat)."""
 
     gamma: Fraction
     policy: str
+    keep: str = "exact"
 
     @classmethod
-    def make(cls, gamma=0.0, policy="dense") -> SapPolicy | None:
+    def make(cls, gamma=0.0, policy="dense", keep="exact") -> SapPolicy | None:
         """The policy, or None when it changes nothing (γ = 0 and policy ``dense``: the layer
-        keeps its input itself, the pre-SAP behaviour)."""
+        keeps its input itself, the pre-SAP behaviour; both rules keep every entry at γ = 0)."""
         g = exact_gamma(gamma)
         if policy not in POLICIES:
             raise ValueError(f"unknown cache policy {policy!r}; valid policies: "
                              f"{', '.join(POLICIES)}")
+        if keep not in KEEP_RULES:
+            raise ValueError(f"unknown SAP keep rule {keep!r}; valid rules: "
+                             f"{', '.join(KEEP_RULES)}")
         if g == 0 and policy == "dense":
             return None
-        return cls(g, policy)
+        return cls(g, policy, keep)
+
+    def keep_count(self, numel: int) -> int:
+        """n_keep of an input of ``numel`` entries under this policy (:func:`keep_count`)."""
+        return keep_count(numel, self.gamma, self.keep)
 
 
 # ---- selection (SAP-2, CONV-4) ----------------------------------------------------------------
@@ -241,7 +264,7 @@ def encode(x: np.ndarray, n_keep: int, fmt: str, impl: str | None = None) -> Act
 
 def prune_and_encode(x: np.ndarray, policy: SapPolicy, impl: str | None = None) -> ActivationCache:
     """SAP-2 + CACHE-2: n_keep from γ, the format from the policy, then :func:`encode`."""
-    n_keep = keep_count(x.size, policy.gamma)
+    n_keep = policy.keep_count(x.size)
     fmt = choose_format(policy.policy, x.size, n_keep, x.dtype.itemsize)
     return encode(x, n_keep, fmt, impl)
 
