@@ -24,6 +24,8 @@ from refimpl import functional as F
 from refimpl.sap import POLICIES, SapPolicy, SharedCache
 
 NORMS = ("nsconv", "bn", "none")
+#: Which layers SAP reaches: every conv and linear (SAP-1), or plain convs only (compat S2).
+SAP_LAYERS = ("all", "plain_conv")
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,9 @@ class RunOptions:
     conv of a block and its projection shortcut share one cache of their input (SAP-1). At γ = 0
     ``auto`` stores the input itself (dense is smallest), so the default costs nothing.
     sap_keep: the keep-count rule, ``exact`` (SAP-2) or the compat ``authors`` (float count).
-    nsconv_stats may also name a compat mode (``authors``, ``authors_method1``).
+    sap_layers: ``all`` (SAP-1) or the compat ``plain_conv`` (the authors' DropIT patches plain
+    convolutions only: NSConv and linear layers keep their input). nsconv_stats may also name a
+    compat mode (``authors``, ``authors_method1``). Compat: docs/DEVIATIONS.md.
     """
 
     masks: dict | None = None
@@ -98,8 +102,12 @@ class RunOptions:
     sap_gamma: float = 0.0
     cache_policy: str = "auto"
     sap_keep: str = "exact"
+    sap_layers: str = "all"
 
     def __post_init__(self):
+        if self.sap_layers not in SAP_LAYERS:
+            raise ValueError(f"RunOptions: unknown sap_layers {self.sap_layers!r}; valid: "
+                             f"{', '.join(SAP_LAYERS)}")
         if self.cache_policy not in POLICIES:
             raise ValueError(f"RunOptions: unknown cache_policy {self.cache_policy!r}; valid: "
                              f"{', '.join(POLICIES)}")
@@ -181,16 +189,18 @@ def _mask(model: Model, name: str, opts: RunOptions):
     return None
 
 
-def _sap_kwargs(opts: RunOptions, shared: SharedCache | None = None) -> dict:
+def _sap_kwargs(opts: RunOptions, shared: SharedCache | None = None, plain_conv=True) -> dict:
+    if not opts.sap_active or (opts.sap_layers == "plain_conv" and not plain_conv):
+        return {}
     return {"sap_gamma": opts.sap_gamma, "cache_policy": opts.cache_policy,
-            "shared_cache": shared, "sap_keep": opts.sap_keep} if opts.sap_active else {}
+            "shared_cache": shared, "sap_keep": opts.sap_keep}
 
 
 def _conv(layer: Conv, model, params, h, train, opts, shared=None):
     w = params[f"{layer.name}.weight"]
     b = params.get(f"{layer.name}.bias")
     mask = _mask(model, f"{layer.name}.weight", opts)
-    sap = _sap_kwargs(opts, shared)
+    sap = _sap_kwargs(opts, shared, plain_conv=layer.norm != "nsconv")
     if layer.norm == "nsconv":
         if mask is None:
             mask = np.ones(layer.weight_shape, dtype=bool)
@@ -224,7 +234,7 @@ def _run(layers, model, params, h, train, opts, shared=None):
             h = _conv(layer, model, params, h, train, opts, first_shared)
         elif isinstance(layer, Linear):
             h = F.linear(h, params[f"{layer.name}.weight"], params.get(f"{layer.name}.bias"),
-                         **_sap_kwargs(opts))
+                         **_sap_kwargs(opts, plain_conv=False))
         elif isinstance(layer, ReLU):
             h = F.relu(h)
         elif isinstance(layer, MaxPool):

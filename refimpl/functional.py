@@ -418,8 +418,9 @@ def nsconv2d(input, weight, mask, gain, bias=None, stride=1, padding=0, groups=1
     m = _as_mask("nsconv2d", mask, w.shape)
     if g.shape != (w.shape[0],):
         raise ValueError(f"nsconv2d: expected gain of shape ({w.shape[0]},), received {g.shape}")
-    if stats not in _nsconv.STATS:
-        raise ValueError(f"nsconv2d: stats must be one of {_nsconv.STATS}, received {stats!r}")
+    if stats not in _nsconv.ALL_STATS:
+        raise ValueError(f"nsconv2d: stats must be one of {_nsconv.ALL_STATS}, received "
+                         f"{stats!r}")
     if not eps > 0:
         raise ValueError(f"nsconv2d: eps must be > 0, received {eps}")
     # fail before recording

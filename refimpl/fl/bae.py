@@ -19,7 +19,7 @@ Variants (``bae.variant``):
   factor, β_τ = p(τ)·η0. Measured against the code it is wrong in both (docs/DEVIATIONS.md);
   kept as it was, the measured behaviour is the switches below with ``l2``.
 
-Per-step compat switches measured against the authors' code (docs/DEVIATIONS.md B2-B4, F3),
+Per-step compat switches measured against the authors' code (docs/DEVIATIONS.md E2-E4, F3),
 applied by :class:`RoundRule`, the per-step state of one client's extrusion round:
 
 - λ ramp ``authors``: λ_τ = min(λ_{τ−1} + δ, λ), λ_{−1} = 0, a running float sum restarted
@@ -143,13 +143,13 @@ def budget_lr(lr_t: float, lr0: float, low_norm: float, tau: int, iterations: in
 
 # ---- compat rules measured against the public code (docs/DEVIATIONS.md) ----------------------
 def authors_lambda(prev: float, cap: float, delta: float) -> float:
-    """The authors' λ of a step (compat B2): min(λ_prev + δ, cap), λ_prev = 0 before the first
+    """The authors' λ of a step (compat E2): min(λ_prev + δ, cap), λ_prev = 0 before the first
     step of a round; a running float sum (0.009999999999999995 after 100 steps of 1e-4)."""
     return min(prev + delta, cap)
 
 
 def authors_phase(round_idx: int, delta_epochs: int, transfer_epochs: int = 0) -> float:
-    """The authors' phase p of the budget rate (compat B3), a function of the round, not of τ:
+    """The authors' phase p of the budget rate (compat E3), a function of the round, not of τ:
     ((round_idx + transfer_epochs) mod ΔT)/ΔT with their 0-based round, and 0 whenever
     transfer_epochs = 0 (their default), as measured (fixture bae_schedule.npz)."""
     if transfer_epochs == 0:
@@ -159,7 +159,7 @@ def authors_phase(round_idx: int, delta_epochs: int, transfer_epochs: int = 0) -
 
 def authors_lr(lr_t: float, lr0: float, lr_min: float, penalty_sum: float,
                phase: float) -> float | None:
-    """The authors' budget-aware rate (compat B3): max(max(η_t, β), η_min) with
+    """The authors' budget-aware rate (compat E3): max(max(η_t, β), η_min) with
     β = (2 − 2p)/(2 − p) · max(η_min, min(P, 10)) · η0 and P = Σ_l ‖θ_Low_l‖₂ (unweighted).
     None when P = 0: their branch does not run and the optimizer keeps its previous rate."""
     if penalty_sum == 0:

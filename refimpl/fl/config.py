@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["Config", "METHODS", "load_config", "preset_names", "parse_set", "to_toml",
-           "config_from_dict", "key_table"]
+           "config_from_dict", "key_table", "compat_keys"]
 
 METHODS = ("fedavg", "static", "prune_grow", "fedmef")
 DYNAMIC = ("prune_grow", "fedmef")
@@ -134,14 +134,14 @@ class BaeSection:
     rounds: int = _key(0, "0: the adjustment round extrudes; E_b >= 1: the E_b rounds before "
                        "each adjustment round do (BAE-5)", lo=0)
     lambda_ramp: str = _key("none", "none: λ every step (BAE-2); authors (compat, "
-                            "docs/DEVIATIONS.md B2): λ_τ = min(λ_τ-1 + lambda_delta, λ) from 0 "
+                            "docs/DEVIATIONS.md E2): λ_τ = min(λ_τ-1 + lambda_delta, λ) from 0 "
                             "each round", choices=("none", "authors"), compat=True)
     lambda_delta: float = _key(1e-4, "λ increment per step of lambda_ramp = authors", lo=0.0,
                                lo_open=True, compat=True)
-    lr_rule: str = _key("spec", "spec: BAE-4; authors (compat, B3): max(η_t, clamp(Σ_l ‖θ_Low_l‖₂, "
+    lr_rule: str = _key("spec", "spec: BAE-4; authors (compat, E3): max(η_t, clamp(Σ_l ‖θ_Low_l‖₂, "
                         "η_min, 10)·η0, η_min), the previous rate when the penalty is 0",
                         choices=("spec", "authors"), compat=True)
-    marked_set: str = _key("fixed", "fixed: BAE-1; authors (compat, B4): each step the ⌊k_l/2⌋ "
+    marked_set: str = _key("fixed", "fixed: BAE-1; authors (compat, E4): each step the ⌊k_l/2⌋ "
                            "smallest active |θ| of the local weights; fedpruning (F2): "
                            "int(α_t(γ)·nnz_l) smallest |θ| of all entries; fedpruning_dynamic "
                            "(F3): each step |θ| <= the (k+1)-th smallest",
@@ -158,6 +158,9 @@ class SapSection:
     keep_count: str = _key("exact", "exact: n_keep = numel - floor(γ numel) (SAP-2); authors "
                            "(compat, docs/DEVIATIONS.md S1): int(numel (1 - γ)) in float64",
                            choices=("exact", "authors"), compat=True)
+    layers: str = _key("all", "all: every conv and linear input (SAP-1); plain_conv (compat S2): "
+                       "plain convs only, as the authors' DropIT (not NSConv, not linear)",
+                       choices=("all", "plain_conv"), compat=True)
 
 
 _SECTIONS: dict[str, type] = {
@@ -220,6 +223,12 @@ def key_table() -> list[tuple[str, Any, str]]:
         for f in dataclasses.fields(cls):
             rows.append((f"{sec}.{_toml_name(f)}", _plain(f.default), f.metadata["doc"]))
     return rows
+
+
+def compat_keys() -> list[str]:
+    """section.key of every compat switch (docs/DEVIATIONS.md): never SPEC, never a default."""
+    return [f"{sec}.{_toml_name(f)}" for sec, cls in _SECTIONS.items()
+            for f in dataclasses.fields(cls) if f.metadata.get("compat")]
 
 
 # ---- validation -------------------------------------------------------------------------------

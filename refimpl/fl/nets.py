@@ -12,7 +12,6 @@ import models
 from models.graph import Conv, Residual
 
 from .. import functional as F
-from ..autodiff import vjp
 from ..ops import nsconv as _nsconv
 from ..tape import apply
 from .config import Config
@@ -33,7 +32,7 @@ def run_options(cfg: Config, masks: dict | None) -> models.RunOptions:
     kw = dict(masks=masks, nsconv_stats=cfg.model.nsconv_stats)
     if _sap_supported():
         kw.update(sap_gamma=float(cfg.sap.gamma), cache_policy=cfg.sap.cache_policy,
-                  sap_keep=cfg.sap.keep_count)
+                  sap_keep=cfg.sap.keep_count, sap_layers=cfg.sap.layers)
     elif cfg.sap.gamma > 0 or cfg.sap.cache_policy != "auto":
         raise ValueError("this checkout's models.RunOptions has no SAP fields (sap_gamma, "
                          "cache_policy); set sap.gamma = 0 and sap.cache_policy = \"auto\"")
@@ -82,8 +81,8 @@ def weight_scores(model: models.Model, params: dict, masks: dict, stats: str,
                   kernel_grads: dict) -> dict:
     """dL/dW from dL/d(effective kernel) (compat growth score G1, docs/DEVIATIONS.md): for each
     NSConv layer the pullback of ``kernel_grads`` through its standardisation (the vjp of the
-    same primitive the forward runs); other layers' kernels are W ⊙ M, so their gradient is
-    passed on unchanged. Returns a new dict of the prunable layers' scores."""
+    same primitive the forward runs, :func:`refimpl.ops.nsconv.pullback`); other layers'
+    kernels are W ⊙ M, so their gradient is passed on unchanged. Returns a new dict."""
     out = dict(kernel_grads)
     for layer in models.iter_layers(model.layers):
         if isinstance(layer, Conv) and layer.norm == "nsconv":
@@ -91,9 +90,8 @@ def weight_scores(model: models.Model, params: dict, masks: dict, stats: str,
             mask = masks[name] if masks is not None and name in masks else \
                 np.ones(layer.weight_shape, dtype=bool)
             p = _nsconv.StandardizeParams.make(mask, params[name], stats, NSCONV_EPS)
-            _, vjp_fn = vjp(lambda w, g, p=p: apply(_nsconv.STANDARDIZE, (w, g), p),
-                            params[name], params[f"{layer.name}.gain"])
-            out[name] = vjp_fn(kernel_grads[name])[0]
+            out[name] = _nsconv.pullback(params[name], params[f"{layer.name}.gain"], p,
+                                         kernel_grads[name])[0]
     return out
 
 

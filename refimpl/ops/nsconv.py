@@ -48,9 +48,12 @@ import numpy as np
 
 from ..tape import Primitive, Residual
 
-STATS = ("dense", "masked", "authors", "authors_method1")
-#: Stats modes whose mask is the given mask ∧ (W ≠ 0), as in the authors' code (compat).
-NONZERO_MASK = ("authors", "authors_method1")
+#: SPEC's stats modes (NSC-1, NSC-2).
+STATS = ("dense", "masked")
+#: Compat modes of the authors' code (docs/DEVIATIONS.md N1, N2): never SPEC, never a default.
+#: Their mask is the given mask ∧ (W ≠ 0).
+COMPAT_STATS = ("authors", "authors_method1")
+ALL_STATS = STATS + COMPAT_STATS
 #: Stats modes that average over the active entries only.
 _OVER_ACTIVE = ("masked", "authors_method1")
 
@@ -58,17 +61,17 @@ _OVER_ACTIVE = ("masked", "authors_method1")
 @dataclass(frozen=True, eq=False)
 class StandardizeParams:
     mask: np.ndarray  # bool, the weight's shape; a constant (never needs a gradient)
-    stats: str  # one of STATS
+    stats: str  # one of ALL_STATS
     eps: float
 
     @classmethod
     def make(cls, mask: np.ndarray, w: np.ndarray, stats: str, eps: float):
         """The parameters of one call: the mask the mode applies (the given one, or for the
         compat modes the given one ∧ (W ≠ 0), fixed from W's value at this call, a constant)."""
-        if stats not in STATS:
-            raise ValueError(f"nsconv: stats must be one of {STATS}, received {stats!r}")
+        if stats not in ALL_STATS:
+            raise ValueError(f"nsconv: stats must be one of {ALL_STATS}, received {stats!r}")
         m = np.asarray(mask, dtype=bool)
-        if stats in NONZERO_MASK:
+        if stats in COMPAT_STATS:
             m = m & (np.asarray(w) != 0)
         return cls(m, stats, float(eps))
 
@@ -157,3 +160,10 @@ def standardize_vjp(res, g, p, needs):
 
 
 STANDARDIZE = Primitive("nsconv_standardize", standardize_fwd, standardize_vjp)
+
+
+def pullback(w: np.ndarray, gain: np.ndarray, p: StandardizeParams, g: np.ndarray):
+    """(∂L/∂W, ∂L/∂g) from ∂L/∂Ŵ = ``g`` (any positions; only those of the mask count), without a
+    tape: the growth score of the authors' code reads ∂L/∂W (compat G1, docs/DEVIATIONS.md)."""
+    _, res = standardize_fwd((w, gain), p, (True, True))
+    return standardize_vjp(res, g, p, (True, True))
