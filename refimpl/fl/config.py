@@ -126,8 +126,9 @@ class BaeSection:
                          auto=True)
     lam: float = _key(1.0, "penalty weight λ (BAE-2)", lo=0.0, toml="lambda")
     variant: str = _key("l2sq", "l2sq: λ Σ θ² (default); l2: λ Σ_l ‖θ_Low_l‖₂ (BAE-2); authors: "
-                        "compat with the public code, l2 with λ_τ = λ + 1e-4·(τ+1) and β_τ "
-                        "without the sigmoid factor (docs/DEVIATIONS.md)",
+                        "the SPEC text's reading of the public code, l2 with λ_τ = λ + "
+                        "1e-4·(τ+1) and β_τ without the sigmoid factor; measured, their code is "
+                        "l2 with lambda_ramp, lr_rule, marked_set = authors (docs/DEVIATIONS.md)",
                         choices=("l2sq", "l2", "authors"))
     budget_lr: bool = _key(True, "budget-aware learning rate μ_τ = max(η_t, β_τ) (BAE-4); "
                            "false uses η_t")
