@@ -427,7 +427,9 @@ def nsconv2d(input, weight, mask, gain, bias=None, stride=1, padding=0, groups=1
 
     weight (C_out, C_in/groups, kH, kW); mask: bool or exactly 0/1 array of the weight's shape,
     or a :class:`~refimpl.kernels.masked_conv.WeightMask` (a constant; Ŵ is zero where it is
-    False, NSC-3); gain (C_out,); ``stats`` is ``"dense"`` (NSC-1) or ``"masked"`` (NSC-2).
+    False, NSC-3); gain (C_out,); ``stats`` is ``"dense"`` (NSC-1) or ``"masked"`` (NSC-2), or a
+    compat mode of the authors' code (docs/DEVIATIONS.md): ``"authors"`` (NSC-1 statistics, mask
+    ``mask ∧ (weight ≠ 0)``) or ``"authors_method1"`` (their commented-out method 1).
     Gradients reach weight and gain through the mean and variance (NSC-3). Residuals: per-channel
     scale of the standardisation, and Ŵ kept by the convolution (an intermediate; a masked layer
     keeps only its nnz active values). ``sap``, ``shared_cache``: the convolution's SAP residual
@@ -440,20 +442,24 @@ def nsconv2d(input, weight, mask, gain, bias=None, stride=1, padding=0, groups=1
     m = _as_mask("nsconv2d", mask, w.shape)
     if g.shape != (w.shape[0],):
         raise ValueError(f"nsconv2d: expected gain of shape ({w.shape[0]},), received {g.shape}")
-    if stats not in _nsconv.STATS:
-        raise ValueError(f"nsconv2d: stats must be one of {_nsconv.STATS}, received {stats!r}")
+    if stats not in _nsconv.ALL_STATS:
+        raise ValueError(f"nsconv2d: stats must be one of {_nsconv.ALL_STATS}, received "
+                         f"{stats!r}")
     if not eps > 0:
         raise ValueError(f"nsconv2d: eps must be > 0, received {eps}")
     _as_sap("nsconv2d", sap, shared_cache)  # fail before recording
+    # A masked layer's Ŵ travels packed (its active values only) into the masked convolution.
+    p = _nsconv.StandardizeParams.make(m, w, stats, eps,
+                                       packed=not m.dense and weight_grad == "masked")
+    what = apply(_nsconv.STANDARDIZE, (weight, gain), p)
+    if p.packed:
+        return _conv2d(input, what, bias, stride, padding, 1, groups, p.mask, weight_grad, sap,
+                       shared_cache, w.shape, packed=True, relu=relu)
     # An all-true mask (a dense model, ERK-3) runs the dense BLAS kernels: the same function,
-    # several times faster than the masked kernels visiting every weight. A masked layer's Ŵ
-    # travels packed (its active values only) into the masked convolution.
-    packed = not m.dense and weight_grad == "masked"
-    what = apply(_nsconv.STANDARDIZE, (weight, gain),
-                 _nsconv.StandardizeParams(m, stats, float(eps), packed))
-    if not packed:
-        return conv2d(input, what, bias, stride=stride, padding=padding, groups=groups,
-                      mask=None if m.dense else m, weight_grad=weight_grad, sap=sap,
-                      shared_cache=shared_cache, relu=relu)
-    return _conv2d(input, what, bias, stride, padding, 1, groups, m, weight_grad, sap,
-                   shared_cache, w.shape, packed=True, relu=relu)
+    # several times faster than the masked kernels visiting every weight. So does a non-finite
+    # Ŵ (compat `authors_method1`): a dense convolution spreads its NaN as the authors' code does.
+    dense = p.mask.dense or (stats == "authors_method1"
+                             and not np.isfinite(value_of(what)).all())
+    return conv2d(input, what, bias, stride=stride, padding=padding, groups=groups,
+                  mask=None if dense else p.mask, weight_grad=weight_grad, sap=sap,
+                  shared_cache=shared_cache, relu=relu)

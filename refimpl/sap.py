@@ -6,6 +6,9 @@ stored compressed. With ratio γ ∈ [0, 1) and numel = x.size (whole batch):
 
     n_drop = floor(γ · numel)  (exact rational γ = Fraction(str(γ)), CONV-6)
     n_keep = numel − n_drop
+    (compat keep rule ``authors``: n_keep = int(numel · (1 − γ)) in float64, the authors'
+    DropIT count, docs/DEVIATIONS.md S1; one fewer whenever γ·numel is not an integer or
+    1 − γ rounds down, and 0 for a one-entry tensor)
     K      = the n_keep entries of largest |x|, ties by ascending flat index (CONV-4)
     x̂      = x on K, +0.0 elsewhere
 
@@ -41,9 +44,10 @@ from .core._jit import JIT_ENABLED
 from .core.tape import Residual, Spec
 from .kernels import cache as K
 
-__all__ = ["FORMATS", "COMPAT_FORMATS", "POLICIES", "SapPolicy", "ActivationCache", "SharedCache",
-           "exact_gamma", "keep_count", "index_dtype", "format_nbytes", "choose_format",
-           "select", "keep_mask", "encode", "prune_and_encode", "plan_cache", "decode",
+__all__ = ["FORMATS", "COMPAT_FORMATS", "POLICIES", "KEEP_RULES", "SapPolicy", "ActivationCache",
+           "SharedCache", "exact_gamma", "keep_count", "index_dtype", "format_nbytes",
+           "choose_format", "select", "keep_mask", "encode", "prune_and_encode", "plan_cache",
+           "decode",
            "default_impl"]
 
 FORMATS = ("dense", "bitmap", "index")
@@ -51,6 +55,8 @@ FORMATS = ("dense", "bitmap", "index")
 #: activation cache of the authors' public code (int32 flat indices + values).
 COMPAT_FORMATS = ("int32",)
 POLICIES = FORMATS + ("auto",) + COMPAT_FORMATS
+#: Keep-count rules: ``exact`` (SAP-2) and the compat ``authors`` (float count of their DropIT).
+KEEP_RULES = ("exact", "authors")
 _INDEX_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32))
 
 
@@ -77,11 +83,19 @@ def exact_gamma(gamma) -> Fraction:
     return g
 
 
-def keep_count(numel: int, gamma) -> int:
-    """SAP-2: n_keep = numel − floor(γ · numel), exact. n_keep ≥ 1 whenever numel ≥ 1."""
+def keep_count(numel: int, gamma, rule: str = "exact") -> int:
+    """SAP-2: n_keep = numel − floor(γ · numel), exact. n_keep ≥ 1 whenever numel ≥ 1.
+
+    ``rule="authors"`` (compat, not SAP-2): the authors' DropIT count ``int(numel · (1 − γ))``
+    with γ the float of the decimal and the product in float64; it can be 0."""
     if numel < 0:
         raise ValueError(f"keep_count: numel must be >= 0, received {numel}")
+    if rule not in KEEP_RULES:
+        raise ValueError(f"keep_count: unknown keep rule {rule!r}; valid rules: "
+                         f"{', '.join(KEEP_RULES)}")
     g = exact_gamma(gamma)
+    if rule == "authors":
+        return int(numel * (1.0 - float(g)))
     return numel - (g.numerator * numel) // g.denominator
 
 
@@ -133,14 +147,16 @@ def choose_format(policy: str, numel: int, n_keep: int, itemsize: int) -> str:
 
 @dataclass(frozen=True)
 class SapPolicy:
-    """The SAP residual policy of a run (SAP-2, CACHE-2): ratio γ as an exact rational (CONV-6)
-    and the cache policy. Built and validated once where the configuration enters
-    (:meth:`make`), then carried typed down to the kernels: conv2d/linear/nsconv2d take it as
-    ``sap=``. The keep count and format of each tensor size are computed once and remembered.
+    """The SAP residual policy of a run (SAP-2, CACHE-2): ratio γ as an exact rational (CONV-6),
+    the cache policy and the keep-count rule (``exact``, SAP-2; ``authors``, compat). Built and
+    validated once where the configuration enters (:meth:`make`), then carried typed down to the
+    kernels: conv2d/linear/nsconv2d take it as ``sap=``. The keep count and format of each
+    tensor size are computed once and remembered.
     """
 
     gamma: Fraction
     policy: str = "auto"
+    keep: str = "exact"
     _layouts: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -150,18 +166,29 @@ class SapPolicy:
         if self.policy not in POLICIES:
             raise ValueError(f"unknown cache policy {self.policy!r}; valid policies: "
                              f"{', '.join(POLICIES)}")
+        if self.keep not in KEEP_RULES:
+            raise ValueError(f"unknown SAP keep rule {self.keep!r}; valid rules: "
+                             f"{', '.join(KEEP_RULES)}")
 
     @classmethod
-    def make(cls, gamma=0.0, policy="auto") -> SapPolicy | None:
+    def make(cls, gamma=0.0, policy="auto", keep="exact") -> SapPolicy | None:
         """The policy of a decimal γ (validated, CONV-6), or None when it changes nothing (γ = 0
-        and policy ``dense``: the layer keeps its input itself, the pre-SAP behaviour)."""
+        and policy ``dense``: the layer keeps its input itself, the pre-SAP behaviour; both
+        keep rules keep every entry at γ = 0)."""
         g = exact_gamma(gamma)
         if policy not in POLICIES:
             raise ValueError(f"unknown cache policy {policy!r}; valid policies: "
                              f"{', '.join(POLICIES)}")
+        if keep not in KEEP_RULES:
+            raise ValueError(f"unknown SAP keep rule {keep!r}; valid rules: "
+                             f"{', '.join(KEEP_RULES)}")
         if g == 0 and policy == "dense":
             return None
-        return cls(g, policy)
+        return cls(g, policy, keep)
+
+    def keep_count(self, numel: int) -> int:
+        """n_keep of an input of ``numel`` entries under this policy (:func:`keep_count`)."""
+        return keep_count(numel, self.gamma, self.keep)
 
     def layout(self, numel: int, itemsize: int) -> tuple[int, str]:
         """(n_keep, format) of a cached input of ``numel`` entries (SAP-2, CACHE-2), computed
@@ -169,7 +196,7 @@ class SapPolicy:
         key = (numel, itemsize)
         hit = self._layouts.get(key)
         if hit is None:
-            n_keep = keep_count(numel, self.gamma)
+            n_keep = self.keep_count(numel)
             hit = self._layouts[key] = (n_keep, choose_format(self.policy, numel, n_keep,
                                                               itemsize))
         return hit

@@ -21,10 +21,14 @@ __all__ = [
     "random_masks",
     "density",
     "alpha_schedule",
+    "AuthorsRates",
+    "authors_rates",
+    "fedpruning_count",
     "adjust_counts",
     "k_smallest",
     "k_largest",
     "marked_set",
+    "at_most_kth",
     "adjust",
     "AdjustReport",
     "as_mask",
@@ -173,6 +177,52 @@ def _check_alpha(alpha_t) -> float:
     return a
 
 
+@dataclass(frozen=True)
+class AuthorsRates:
+    """The authors' prune rates at their adjustments j = 0, 1, ... (compat, docs/DEVIATIONS.md
+    P1, P2). ``grow`` is the rate before the adjustment's ``CosineDecay`` step (their grow count
+    uses it), ``prune`` the rate after it (their prune count); ``decay_arg`` the argument of that
+    step, ``mask_step`` the cumulative step counter after the adjustment. Lists of equal length.
+    """
+
+    grow: list[float]
+    prune: list[float]
+    decay_arg: list[int]
+    mask_step: list[int]
+
+
+def authors_rates(alpha: float, t_end: int, epochs: int, prepared) -> AuthorsRates:
+    """The authors' cumulative cosine schedule (compat, not PG-2), for adjustments prepared in
+    their 0-based rounds ``prepared`` (ascending).
+
+    Their cosine decays over ``t_end·epochs`` steps and is stepped at each adjustment with the
+    cumulative counter mask_step, which grows by epochs·(r + 2) at the adjustment prepared in
+    round r. Rate after adjustment j: α/2·(1 + cos(π·a_j/(t_end·epochs))) with a_j the counter
+    *before* it, as long as the previous argument was below t_end·epochs; afterwards the rate
+    freezes. So it overshoots (a_j passes t_end·epochs, the cosine comes back up) and stays there.
+    """
+    horizon = t_end * epochs
+    grow, prune, args, steps = [], [], [], []
+    rate, counter, last_arg = float(alpha), 0, None
+    for r in prepared:
+        grow.append(rate)
+        args.append(counter)
+        if last_arg is None or last_arg < horizon:
+            rate = float(alpha) * (1.0 + math.cos(math.pi * counter / horizon)) / 2.0
+            last_arg = counter
+        prune.append(rate)
+        counter += epochs * (int(r) + 2)
+        steps.append(counter)
+    return AuthorsRates(grow, prune, args, steps)
+
+
+def fedpruning_count(nnz: int, t: int, gamma: float, t_end: int) -> int:
+    """The FedPruning re-implementation's marked count (compat, docs/DEVIATIONS.md F2):
+    int(γ/2·(1 + cos(π·t/T_end)) · nnz) in float64, with γ their SAP ratio reused as the decay's
+    α and t their 0-based round."""
+    return int(float(gamma) / 2 * (1 + math.cos(math.pi * t / t_end)) * nnz)
+
+
 def adjust_counts(masks, alpha_t: float) -> list[int]:
     """PG-3: k_l = min(ceil(α_t · nnz_l), nnz_l, N_l − nnz_l); α_t finite in [0, 1], masks
     bool or 0/1 (:func:`as_mask`)."""
@@ -206,15 +256,36 @@ def k_largest(candidates: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
     return np.sort(candidates[order[:k]])
 
 
-def marked_set(weights, masks, counts) -> list[np.ndarray]:
+def marked_set(weights, masks, counts, among: str = "active") -> list[np.ndarray]:
     """BAE-1 / PG-4: per layer, the ``counts[l]`` active entries of smallest |θ| (sorted flat
-    indices, int64)."""
+    indices, int64).
+
+    ``among="all"`` (compat, the FedPruning re-implementation, docs/DEVIATIONS.md F2) selects
+    among *all* entries, so already-pruned zeros come first; ties by ascending flat index
+    (CONV-4), where their unstable sort picks its own zeros."""
+    if among not in ("active", "all"):
+        raise ValueError(f"marked_set: among must be 'active' or 'all', received {among!r}")
     out = []
     for w, m, k in zip(weights, masks, counts):
-        active = np.flatnonzero(m)
-        if not 0 <= k <= active.size:
-            raise ValueError(f"marked_set: count {k} outside [0, {active.size}] active entries")
-        out.append(k_smallest(active, np.abs(w.reshape(-1)[active]), k).astype(np.int64))
+        pool = np.flatnonzero(m) if among == "active" else np.arange(m.size)
+        if not 0 <= k <= pool.size:
+            raise ValueError(f"marked_set: count {k} outside [0, {pool.size}] "
+                             f"{'active ' if among == 'active' else ''}entries")
+        out.append(k_smallest(pool, np.abs(w.reshape(-1)[pool]), k).astype(np.int64))
+    return out
+
+
+def at_most_kth(weights, counts) -> list[np.ndarray]:
+    """The FedPruning re-implementation's dynamic marked set (compat, docs/DEVIATIONS.md F3):
+    per layer every entry (active or not) with |θ| ≤ the (k+1)-th smallest |θ| of the layer, so
+    at least k + 1 entries and all tied ones (sorted flat indices, int64; no tie rule needed)."""
+    out = []
+    for w, k in zip(weights, counts):
+        a = np.abs(w.reshape(-1))
+        if not 0 <= k < a.size:
+            raise ValueError(f"at_most_kth: count {k} outside [0, {a.size - 1}]")
+        _check_scores("at_most_kth", a)
+        out.append(np.flatnonzero(a <= np.partition(a, k)[k]).astype(np.int64))
     return out
 
 
@@ -227,7 +298,8 @@ class AdjustReport:
     grown: list[np.ndarray]
 
 
-def adjust(weights, masks, scores, alpha_t: float, prune: str = "magnitude", marked=None):
+def adjust(weights, masks, scores, alpha_t: float, prune: str = "magnitude", marked=None,
+           grow_alpha: float | None = None):
     """PG-3..PG-7 on every layer: prune ``k_l`` active weights, grow ``k_l`` of the positions that
     were inactive before pruning, zero the grown weights; every layer keeps its nnz.
 
@@ -235,6 +307,11 @@ def adjust(weights, masks, scores, alpha_t: float, prune: str = "magnitude", mar
     ``prune="magnitude"`` prunes the k_l smallest |θ| among active entries (PG-4);
     ``prune="marked"`` prunes ``marked[l]`` (the BaE marked set, which must hold k_l entries).
     Masks are bool or exactly 0/1 (:func:`as_mask`); α_t is finite in [0, 1] (PG-2).
+
+
+    ``grow_alpha`` (compat, docs/DEVIATIONS.md P2): the grow count is PG-3's count at this rate
+    instead of ``alpha_t`` (the authors grow with the rate before their schedule step and prune
+    with the rate after it), so nnz drifts; ``report.counts`` are then the prune counts.
     Returns new lists ``(weights, masks, report)``; the inputs are not modified.
     """
     if prune not in ("magnitude", "marked"):
@@ -245,8 +322,9 @@ def adjust(weights, masks, scores, alpha_t: float, prune: str = "magnitude", mar
         raise ValueError("adjust: weights, masks and scores must list the same layers")
     masks = [as_mask(f"adjust: layer {i}", m) for i, m in enumerate(masks)]
     counts = adjust_counts(masks, alpha_t)
+    grow_counts = counts if grow_alpha is None else adjust_counts(masks, grow_alpha)
     new_w, new_m, pruned, grown = [], [], [], []
-    for li, (w, m, s, k) in enumerate(zip(weights, masks, scores, counts)):
+    for li, (w, m, s, k, kg) in enumerate(zip(weights, masks, scores, counts, grow_counts)):
         if w.shape != m.shape or s.shape != m.shape:
             raise ValueError(f"adjust: layer {li} has weight {w.shape}, mask {m.shape}, score "
                              f"{s.shape}; expected one shape")
@@ -259,7 +337,7 @@ def adjust(weights, masks, scores, alpha_t: float, prune: str = "magnitude", mar
             active = np.flatnonzero(flat_m)
             p = k_smallest(active, np.abs(w.reshape(-1)[active]), k)
         inactive = np.flatnonzero(~flat_m)  # before pruning (PG-6)
-        q = k_largest(inactive, np.abs(s.reshape(-1)[inactive]), k)
+        q = k_largest(inactive, np.abs(s.reshape(-1)[inactive]), kg)
         mm = flat_m.copy()
         mm[p] = False
         mm[q] = True

@@ -146,7 +146,7 @@ def test_bad_file_errors(tmp_path):
     bad.write_text("[train\nlr = 1")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(path=bad)
-    with pytest.raises(ConfigError, match="unknown preset 'nope'; valid presets: demo"):
+    with pytest.raises(ConfigError, match="unknown preset 'nope'; valid presets: authors, demo"):
         load_config("nope")
 
 

@@ -22,7 +22,7 @@ from ..sparsity import k_largest
 from . import bae
 from .config import Config
 from .data import FedData
-from .nets import effective_model, run_options
+from .nets import effective_model, run_options, weight_scores
 from .observe import LocalStep, Observer
 
 __all__ = ["RoundPlan", "ClientUpdate", "local_train", "growth_scores", "num_iterations"]
@@ -106,6 +106,8 @@ def local_train(model: models.Model, params: dict, buffers: dict, masks: dict | 
     opt = SGD(plan.lr, momentum=tr.momentum, weight_decay=tr.weight_decay)
     iterations = num_iterations(n, cfg)
     extrude = plan.marked is not None
+    rule = _round_rule(cfg, plan, [masks[name] for name in prunable], iterations) if extrude \
+        else None
     losses, max_lr = [], 0.0
     per_epoch = math.ceil(n / tr.batch_size)
     for tau, order in enumerate(_batches(cfg, plan.t, client, n)):
@@ -118,15 +120,12 @@ def local_train(model: models.Model, params: dict, buffers: dict, masks: dict | 
         lam = pen = low_norm = pen_grads = None
         if extrude:
             weights = [p[name] for name in prunable]
-            lam = bae.lambda_at(cfg.bae.lam, cfg.bae.variant, tau)
-            low_norm = bae.marked_norm(weights, plan.marked)
-            if cfg.bae.budget_lr:  # BAE-4, with ‖θ_Low‖ of the weights before this step
-                lr = bae.budget_lr(plan.lr, tr.lr, low_norm, tau, iterations,
-                                   sigmoid=cfg.bae.variant != "authors")
+            sp = rule.step(weights, tau)  # λ_τ, μ_τ (BAE-4) and the step's marked set
+            lam, low_norm, lr = sp.lam, sp.low_norm, sp.lr
             if observer is not None:
-                pen = bae.penalty(weights, plan.marked, lam, cfg.bae.variant)
+                pen = bae.penalty(weights, sp.marked, lam, cfg.bae.variant)
             pen_grads = bae.add_penalty_grad([grads[name] for name in prunable], weights,
-                                             plan.marked, lam, cfg.bae.variant)
+                                             sp.marked, lam, cfg.bae.variant)
         max_lr = max(max_lr, lr)
         opt.step(p, grads, masks, lr=lr)
         if observer is not None:
@@ -143,6 +142,18 @@ def local_train(model: models.Model, params: dict, buffers: dict, masks: dict | 
                         measured[0], max_lr, growth)
 
 
+def _round_rule(cfg: Config, plan: RoundPlan, masks: list, iterations: int) -> bae.RoundRule:
+    """The per-step BaE rule of this round from the configuration (BAE-2, BAE-4, compat
+    switches of docs/DEVIATIONS.md); the authors' round index is t − 1 (their rounds are
+    0-based) and their transfer_epochs is 0 (their default)."""
+    b, tr = cfg.bae, cfg.train
+    return bae.RoundRule(plan.marked, masks, lam=b.lam, variant=b.variant, budget_lr=b.budget_lr,
+                         lr_t=plan.lr, lr0=tr.lr, lr_min=tr.lr_min, iterations=iterations,
+                         lambda_ramp=b.lambda_ramp, lambda_delta=b.lambda_delta,
+                         lr_rule=b.lr_rule, marked_set=b.marked_set, round_idx=plan.t - 1,
+                         delta_epochs=cfg.sparse.delta_t)
+
+
 def growth_scores(model: models.Model, params: dict, masks: dict, data: FedData, client: int,
                   plan: RoundPlan, cfg: Config, observer: Observer | None = None) -> list:
     """PG-5 on the client: the dense CE gradient with respect to the effective kernel of every
@@ -150,6 +161,10 @@ def growth_scores(model: models.Model, params: dict, masks: dict, data: FedData,
     k_l (flat index, value) pairs of largest |score| among inactive positions (CONV-4), indices
     ascending. The forward uses the training run options (SAP included: the client's memory
     budget holds here too) in train mode, on a copy of the BatchNorm buffers.
+
+    ``sparse.growth_score = "weight"`` (compat G1): the score of an NSConv layer is dL/dW, the
+    effective-kernel gradient pulled back through the standardisation (their ``weight.grad``),
+    which is constant over a channel's inactive positions; other layers are unchanged.
     """
     idx_all = data.parts[client]
     order = stream(cfg.run.seed, Purpose.GROW, plan.t, client).permutation(idx_all.size)
@@ -165,6 +180,8 @@ def growth_scores(model: models.Model, params: dict, masks: dict, data: FedData,
                                yb)
 
     _, grads = value_and_grad(loss_fn)({name: eff_params[name] for name in prunable})
+    if cfg.sparse.growth_score == "weight":
+        grads = weight_scores(model, params, masks, cfg.model.nsconv_stats, grads)
     out = []
     for name, k in zip(prunable, plan.grow_counts, strict=True):
         score = grads[name].reshape(-1)

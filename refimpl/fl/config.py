@@ -30,7 +30,7 @@ from ..sap import SapPolicy
 from ..sparsity import exact_fraction
 
 __all__ = ["Config", "METHODS", "load_config", "preset_names", "parse_set", "to_toml",
-           "config_from_dict", "key_table"]
+           "config_from_dict", "key_table", "compat_keys"]
 
 METHODS = ("fedavg", "static", "prune_grow", "fedmef")
 DYNAMIC = ("prune_grow", "fedmef")
@@ -82,8 +82,10 @@ class ModelSection:
     norm: str = _key(AUTO, "nsconv | bn | none; auto: nsconv for fedmef, bn otherwise (FL-2)",
                      choices=("nsconv", "bn", "none"), auto=True)
     width: float = _key(1.0, "channel width multiplier", lo=0.0, lo_open=True)
-    nsconv_stats: str = _key("dense", "NSConv statistics: dense (NSC-1) | masked (NSC-2)",
-                             choices=("dense", "masked"))
+    nsconv_stats: str = _key("dense", "NSConv statistics: dense (NSC-1) | masked (NSC-2); compat "
+                             "(docs/DEVIATIONS.md N1, N2): authors (NSC-1 with the mask W != 0) "
+                             "| authors_method1 (their commented-out method 1)",
+                             choices=("dense", "masked", "authors", "authors_method1"))
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,16 @@ class SparseSection:
     alpha: float = _key(0.3, "initial adjustment fraction α (PG-2)", lo=0.0, hi=1.0)
     prune: str = _key("magnitude", "magnitude: smallest |θ| of the aggregate (PG-4); marked: the "
                       "BaE marked set", choices=("magnitude", "marked"))
+    schedule: str = _key("spec", "spec: adjust at t mod ΔT = 0 with α_t of PG-2; authors (compat, "
+                         "docs/DEVIATIONS.md P1): adjust at (t-1) mod ΔT = 0 with their "
+                         "cumulative cosine, which overshoots and freezes",
+                         choices=("spec", "authors"), compat=True)
+    counts: str = _key("same", "same: one k_l for prune and grow (PG-3, PG-7); drift (compat, "
+                       "P2): grow with the rate of the previous adjustment, prune with this one's",
+                       choices=("same", "drift"), compat=True)
+    growth_score: str = _key("effective", "effective: dL/dŴ of the effective kernel (PG-5); weight "
+                             "(compat, G1): dL/dW through the NSConv standardisation",
+                             choices=("effective", "weight"), compat=True)
 
 
 @dataclass(frozen=True)
@@ -119,13 +131,28 @@ class BaeSection:
                          auto=True)
     lam: float = _key(1.0, "penalty weight λ (BAE-2)", lo=0.0, toml="lambda")
     variant: str = _key("l2sq", "l2sq: λ Σ θ² (default); l2: λ Σ_l ‖θ_Low_l‖₂ (BAE-2); authors: "
-                        "compat with the public code, l2 with λ_τ = λ + 1e-4·(τ+1) and β_τ "
-                        "without the sigmoid factor (docs/DEVIATIONS.md)",
+                        "the SPEC text's reading of the public code, l2 with λ_τ = λ + "
+                        "1e-4·(τ+1) and β_τ without the sigmoid factor; measured, their code is "
+                        "l2 with lambda_ramp, lr_rule, marked_set = authors (docs/DEVIATIONS.md)",
                         choices=("l2sq", "l2", "authors"))
     budget_lr: bool = _key(True, "budget-aware learning rate μ_τ = max(η_t, β_τ) (BAE-4); "
                            "false uses η_t")
     rounds: int = _key(0, "0: the adjustment round extrudes; E_b >= 1: the E_b rounds before "
                        "each adjustment round do (BAE-5)", lo=0)
+    lambda_ramp: str = _key("none", "none: λ every step (BAE-2); authors (compat, "
+                            "docs/DEVIATIONS.md E2): λ_τ = min(λ_τ-1 + lambda_delta, λ) from 0 "
+                            "each round", choices=("none", "authors"), compat=True)
+    lambda_delta: float = _key(1e-4, "λ increment per step of lambda_ramp = authors", lo=0.0,
+                               lo_open=True, compat=True)
+    lr_rule: str = _key("spec", "spec: BAE-4; authors (compat, E3): max(η_t, clamp(Σ_l ‖θ_Low_l‖₂, "
+                        "η_min, 10)·η0, η_min), the previous rate when the penalty is 0",
+                        choices=("spec", "authors"), compat=True)
+    marked_set: str = _key("fixed", "fixed: BAE-1; authors (compat, E4): each step the ⌊k_l/2⌋ "
+                           "smallest active |θ| of the local weights; fedpruning (F2): "
+                           "int(α_t(γ)·nnz_l) smallest |θ| of all entries; fedpruning_dynamic "
+                           "(F3): each step |θ| <= the (k+1)-th smallest",
+                           choices=("fixed", "authors", "fedpruning", "fedpruning_dynamic"),
+                           compat=True)
 
 
 @dataclass(frozen=True)
@@ -134,6 +161,12 @@ class SapSection:
                         "for fedmef, 0 otherwise", lo=0.0, hi=1.0, hi_open=True, auto=True)
     cache_policy: str = _key("auto", "activation cache format (CACHE-2)",
                              choices=("auto", "dense", "bitmap", "index", "int32"))
+    keep_count: str = _key("exact", "exact: n_keep = numel - floor(γ numel) (SAP-2); authors "
+                           "(compat, docs/DEVIATIONS.md S1): int(numel (1 - γ)) in float64",
+                           choices=("exact", "authors"), compat=True)
+    layers: str = _key("all", "all: every conv and linear input (SAP-1); plain_conv (compat S2): "
+                       "plain convs only, as the authors' DropIT (not NSConv, not linear)",
+                       choices=("all", "plain_conv"), compat=True)
 
 
 _SECTIONS: dict[str, type] = {
@@ -173,14 +206,18 @@ class Config:
         """γ and the cache policy as the typed policy every conv and linear layer receives
         (SAP-2, CACHE-2; exact γ, CONV-6), built once per run and carried down to the kernels;
         None when it changes nothing (γ = 0 with the dense policy)."""
-        return SapPolicy.make(self.sap.gamma, self.sap.cache_policy)
+        return SapPolicy.make(self.sap.gamma, self.sap.cache_policy, self.sap.keep_count)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Every key and its value, except compat switches (docs/DEVIATIONS.md) left at their
+        default: the resolved configuration of a SPEC run, its config.toml and its conformance
+        manifest read the same as before those switches existed."""
         out = {}
         for sec in _SECTIONS:
             obj = getattr(self, sec)
             out[sec] = {_toml_name(f): _plain(getattr(obj, f.name))
-                        for f in dataclasses.fields(obj)}
+                        for f in dataclasses.fields(obj)
+                        if not (f.metadata.get("compat") and getattr(obj, f.name) == f.default)}
         return out
 
 
@@ -199,6 +236,12 @@ def key_table() -> list[tuple[str, Any, str]]:
         for f in dataclasses.fields(cls):
             rows.append((f"{sec}.{_toml_name(f)}", _plain(f.default), f.metadata["doc"]))
     return rows
+
+
+def compat_keys() -> list[str]:
+    """section.key of every compat switch (docs/DEVIATIONS.md): never SPEC, never a default."""
+    return [f"{sec}.{_toml_name(f)}" for sec, cls in _SECTIONS.items()
+            for f in dataclasses.fields(cls) if f.metadata.get("compat")]
 
 
 # ---- validation -------------------------------------------------------------------------------
@@ -288,6 +331,7 @@ def _resolve(cfg: Config) -> Config:
     if cfg.sparse.prune == "marked" and m not in DYNAMIC:
         raise ConfigError(f"sparse.prune = 'marked' needs method prune_grow or fedmef, received "
                           f"{m!r}")
+    _check_compat(cfg)
     if cfg.bae.rounds >= cfg.sparse.delta_t:
         raise ConfigError(f"bae.rounds = {cfg.bae.rounds} must be smaller than sparse.delta_t = "
                           f"{cfg.sparse.delta_t}: the extrusion rounds before one adjustment "
@@ -305,7 +349,7 @@ def _resolve(cfg: Config) -> Config:
     if cfg.sparse.density != AUTO:
         exact_fraction(cfg.sparse.density)  # CONV-6: the decimal as written must be exact
     try:
-        SapPolicy.make(gamma, cfg.sap.cache_policy)  # γ validated once, where it enters
+        SapPolicy.make(gamma, cfg.sap.cache_policy, cfg.sap.keep_count)  # validated once here
     except (TypeError, ValueError) as e:
         raise ConfigError(f"sap.gamma / sap.cache_policy: {e}") from None
     if cfg.model.name not in models.names():
@@ -318,6 +362,20 @@ def _resolve(cfg: Config) -> Config:
         bae=dataclasses.replace(cfg.bae, enabled=bae),
         sap=dataclasses.replace(cfg.sap, gamma=gamma),
     )
+
+
+def _check_compat(cfg: Config) -> None:
+    """Compat switches (docs/DEVIATIONS.md) that cannot be combined."""
+    b, sp = cfg.bae, cfg.sparse
+    if b.variant == "authors" and (b.lambda_ramp != "none" or b.lr_rule != "spec"):
+        raise ConfigError("bae.variant = 'authors' (the SPEC text's reading, with its own λ ramp "
+                          "and rate) cannot be combined with bae.lambda_ramp or bae.lr_rule = "
+                          "'authors'; for the measured behaviour of the authors' code use "
+                          "bae.variant = 'l2' (or --preset authors)")
+    if sp.prune == "marked" and (sp.counts == "drift" or b.marked_set != "fixed"):
+        raise ConfigError(f"sparse.prune = 'marked' prunes the BaE marked set, which needs "
+                          f"sparse.counts = 'same' and bae.marked_set = 'fixed' (received "
+                          f"{sp.counts!r} and {b.marked_set!r}); use sparse.prune = 'magnitude'")
 
 
 def config_from_dict(raw: dict) -> Config:

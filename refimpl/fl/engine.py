@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import models
-from ..sparsity import adjust_counts, marked_set
+from ..sparsity import adjust_counts, fedpruning_count, marked_set
 from . import bae
 from .client import RoundPlan, local_train
 from .config import Config
@@ -18,6 +18,7 @@ from .schedule import (
     adjustment_target,
     alpha_at,
     coming_counts,
+    grow_alpha_at,
     is_adjustment,
     is_extrusion,
     learning_rate,
@@ -41,6 +42,16 @@ def _per_layer(names, index_sets) -> dict:
     return {n: int(s.size) for n, s in zip(names, index_sets, strict=True)}
 
 
+def _server_marked(cfg: Config, received: list, masks: list, t_adj: int, t: int) -> list:
+    """BAE-1 marked set of the coming adjustment from the received global model; with
+    ``bae.marked_set`` = ``fedpruning``/``fedpruning_dynamic`` (compat F2) the FedPruning
+    re-implementation's: int(α_t(γ)·nnz_l) smallest |θ| over all entries, its round t − 1."""
+    if cfg.bae.marked_set in ("fedpruning", "fedpruning_dynamic"):
+        counts = [fedpruning_count(int(m.sum()), t - 1, cfg.sap.gamma, cfg.t_end) for m in masks]
+        return marked_set(received, masks, counts, among="all")
+    return marked_set(received, masks, coming_counts(cfg, masks, t_adj))
+
+
 def run_round(cfg: Config, model: models.Model, state: GlobalState, data: FedData,
               t: int, observer: Observer | None = None) -> tuple[GlobalState, dict]:
     """Round t on ``state`` (the state after round t − 1); ``state`` itself is not modified.
@@ -60,9 +71,9 @@ def run_round(cfg: Config, model: models.Model, state: GlobalState, data: FedDat
     t_adj = adjustment_target(cfg, t)
     marked = None
     if t_adj is not None:
-        marked = marked_set(received, mask_list, coming_counts(cfg, mask_list, t_adj))
+        marked = _server_marked(cfg, received, mask_list, t_adj, t)
     adjusting = is_adjustment(cfg, t)
-    grow_counts = adjust_counts(mask_list, alpha_at(cfg, t)) if adjusting else None
+    grow_counts = adjust_counts(mask_list, grow_alpha_at(cfg, t)) if adjusting else None
     plan = RoundPlan(t, lr, marked if is_extrusion(cfg, t) else None, grow_counts)
     if observer is not None:
         observer.round_start(t, clients, plan, alpha_at(cfg, t) if adjusting else None)
@@ -89,8 +100,10 @@ def run_round(cfg: Config, model: models.Model, state: GlobalState, data: FedDat
         low = None
         if cfg.sparse.prune == "marked":  # Low_l of this adjustment round (docs/federated.md)
             low = marked if t_adj == t else marked_set(received, mask_list, grow_counts)
+        grow_alpha = grow_alpha_at(cfg, t) if cfg.sparse.counts == "drift" else None
         params, new_masks, report = prune_and_grow(params, masks, prunable, scores,
-                                                   alpha_at(cfg, t), cfg.sparse.prune, low)
+                                                   alpha_at(cfg, t), cfg.sparse.prune, low,
+                                                   grow_alpha)
         if any(not np.array_equal(new_masks[n], masks[n]) for n in prunable):
             mask_version += 1
         if observer is not None:

@@ -17,15 +17,16 @@ from ..models.graph import Conv, ResidualBlock
 from ..ops import nsconv as _nsconv
 from .config import Config
 
-__all__ = ["run_options", "effective_model", "evaluate"]
+__all__ = ["run_options", "effective_model", "weight_scores", "evaluate"]
 
 
 def run_options(cfg: Config, masks: dict | None) -> models.RunOptions:
     """RunOptions of a training forward: the masks (each wrapped once in a WeightMask, so its
     weight index is built once for the client's round), NSConv stats and the run's SAP policy
-    (``cfg.sap_policy``, built once per run; SAP-1, CACHE-2)."""
+    (``cfg.sap_policy``, built once per run, with its keep rule; SAP-1, CACHE-2) and the layers
+    it reaches (``sap.layers``, compat)."""
     return models.RunOptions(masks=masks, nsconv_stats=cfg.model.nsconv_stats,
-                             sap=cfg.sap_policy)
+                             sap=cfg.sap_policy, sap_layers=cfg.sap.layers)
 
 
 def _plain_layers(layers):
@@ -59,14 +60,31 @@ def effective_model(model: models.Model, params: dict, masks: dict, stats: str):
             mask = masks.get(name) if masks is not None else None
             if mask is None:
                 mask = WeightMask.counts(layer.weight_shape, math.prod(layer.weight_shape))
-            elif not isinstance(mask, WeightMask):
-                mask = WeightMask(np.asarray(mask, dtype=bool))
-            p = _nsconv.StandardizeParams(mask, stats, F.NSCONV_EPS)
+            p = _nsconv.StandardizeParams.make(mask, params[name], stats, F.NSCONV_EPS)
             new[name] = apply(_nsconv.STANDARDIZE, (params[name], params[f"{layer.name}.gain"]),
                               p)
             del new[f"{layer.name}.gain"]
     buffers = {k: v.copy() for k, v in model.buffers.items()}
     return models.Model(model.name, layers, new, buffers), new
+
+
+def weight_scores(model: models.Model, params: dict, masks: dict, stats: str,
+                  kernel_grads: dict) -> dict:
+    """dL/dW from dL/d(effective kernel) (compat growth score G1, docs/DEVIATIONS.md): for each
+    NSConv layer the pullback of ``kernel_grads`` through its standardisation (the vjp of the
+    same primitive the forward runs, :func:`refimpl.ops.nsconv.pullback`); other layers'
+    kernels are W ⊙ M, so their gradient is passed on unchanged. Returns a new dict."""
+    out = dict(kernel_grads)
+    for layer in models.iter_layers(model.layers):
+        if isinstance(layer, Conv) and layer.norm == "nsconv":
+            name = f"{layer.name}.weight"
+            mask = masks.get(name) if masks is not None else None
+            if mask is None:
+                mask = WeightMask.counts(layer.weight_shape, math.prod(layer.weight_shape))
+            p = _nsconv.StandardizeParams.make(mask, params[name], stats, F.NSCONV_EPS)
+            out[name] = _nsconv.pullback(params[name], params[f"{layer.name}.gain"], p,
+                                         kernel_grads[name])[0]
+    return out
 
 
 def evaluate(model: models.Model, params: dict, buffers: dict, masks: dict | None, data,

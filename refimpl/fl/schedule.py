@@ -2,15 +2,20 @@
 (BAE-5) and the counts k_l of the coming adjustment (PG-3, BAE-1).
 
 Rounds are t = 1..R (CONV-7). All functions are pure in the configuration and t.
+
+Compat (docs/DEVIATIONS.md P1, P2): ``sparse.schedule = "authors"`` adjusts where the authors'
+server does (their 0-based round r = t − 1 prepares with r mod ΔT = 0, r ≤ T_end) with their
+cumulative cosine (:func:`refimpl.sparsity.authors_rates`); ``sparse.counts = "drift"`` grows with
+the rate before the adjustment (:func:`grow_alpha_at`) and prunes with the rate after it.
 """
 
 from __future__ import annotations
 
-from ..sparsity import adjust_counts, alpha_schedule
+from ..sparsity import adjust_counts, alpha_schedule, authors_rates
 from .config import Config
 
 __all__ = ["learning_rate", "is_adjustment", "adjustment_target", "is_extrusion", "alpha_at",
-           "coming_counts"]
+           "grow_alpha_at", "coming_counts"]
 
 
 def learning_rate(cfg: Config, t: int) -> float:
@@ -22,7 +27,10 @@ def learning_rate(cfg: Config, t: int) -> float:
 
 
 def is_adjustment(cfg: Config, t: int) -> bool:
-    """PG-1: a dynamic method adjusts the mask at t with t mod ΔT = 0 and t ≤ T_end."""
+    """PG-1: a dynamic method adjusts the mask at t with t mod ΔT = 0 and t ≤ T_end (compat
+    schedule ``authors``: at t with (t − 1) mod ΔT = 0 and t − 1 ≤ T_end)."""
+    if cfg.sparse.schedule == "authors":
+        return cfg.dynamic and (t - 1) % cfg.sparse.delta_t == 0 and t - 1 <= cfg.t_end
     return cfg.dynamic and t % cfg.sparse.delta_t == 0 and t <= cfg.t_end
 
 
@@ -51,12 +59,34 @@ def is_extrusion(cfg: Config, t: int) -> bool:
     return bool(cfg.bae.enabled) and adjustment_target(cfg, t) is not None
 
 
+def _authors_rates(cfg: Config, t: int):
+    """The authors' rates of the adjustments up to round t (their 0-based rounds t_i − 1)."""
+    prepared = [u - 1 for u in range(1, t + 1) if is_adjustment(cfg, u)]
+    return authors_rates(cfg.sparse.alpha, cfg.t_end, cfg.train.local_epochs, prepared)
+
+
 def alpha_at(cfg: Config, t: int) -> float:
-    """PG-2: α_t = α/2 · (1 + cos(π t / T_end)) in float64."""
+    """PG-2: α_t = α/2 · (1 + cos(π t / T_end)) in float64. Compat schedule ``authors``: the
+    rate after their schedule step at the adjustment of round t (their prune rate)."""
+    if cfg.sparse.schedule == "authors":
+        return _authors_rates(cfg, t).prune[-1]
     return alpha_schedule(cfg.sparse.alpha, t, cfg.t_end)
+
+
+def grow_alpha_at(cfg: Config, t: int) -> float:
+    """The rate of the grow count (and of the marked set's k_l) of the adjustment at round t:
+    α_t itself (PG-3), or with ``sparse.counts = "drift"`` the rate before this adjustment's
+    schedule step: the previous adjustment's rate, α before the first (compat P2)."""
+    if cfg.sparse.counts == "same":
+        return alpha_at(cfg, t)
+    if cfg.sparse.schedule == "authors":
+        return _authors_rates(cfg, t).grow[-1]
+    before = [u for u in range(1, t) if is_adjustment(cfg, u)]
+    return alpha_at(cfg, before[-1]) if before else float(cfg.sparse.alpha)
 
 
 def coming_counts(cfg: Config, masks: list, t_adj: int) -> list[int]:
     """PG-3 counts k_l of the adjustment at round ``t_adj`` for the current masks. Masks change
-    only at adjustments, so the counts an extrusion round sees equal the adjustment's own."""
-    return adjust_counts(masks, alpha_at(cfg, t_adj))
+    only at adjustments, so the counts an extrusion round sees equal the adjustment's own
+    (with ``sparse.counts = "drift"``: its grow counts, as the authors' num_growth)."""
+    return adjust_counts(masks, grow_alpha_at(cfg, t_adj))

@@ -73,16 +73,18 @@ def average_growth(updates: list[ClientUpdate], shapes: list[tuple]) -> list[np.
 
 
 def prune_and_grow(params: dict, masks: dict, prunable: list[str], scores: list[np.ndarray],
-                   alpha_t: float, prune: str, marked: list | None):
+                   alpha_t: float, prune: str, marked: list | None,
+                   grow_alpha: float | None = None):
     """PG-3..PG-7 through :func:`refimpl.sparsity.adjust`: per layer prune k_l, grow k_l of the
-    positions inactive before pruning, zero the grown weights; every layer keeps its nnz.
+    positions inactive before pruning, zero the grown weights; every layer keeps its nnz
+    (unless ``grow_alpha`` sets a separate grow rate: compat count drift, docs/DEVIATIONS.md).
     Returns new (params, masks, report); the inputs are not modified."""
     weights = [params[n] for n in prunable]
     mask_list = [masks[n] for n in prunable]
     new_w, new_m, report = adjust(weights, mask_list, scores, alpha_t, prune=prune,
-                                  marked=marked)
+                                  marked=marked, grow_alpha=grow_alpha)
     for name, m, old in zip(prunable, new_m, mask_list, strict=True):
-        if int(m.sum()) != int(old.sum()):  # PG-7, guarded
+        if grow_alpha is None and int(m.sum()) != int(old.sum()):  # PG-7, guarded
             raise AssertionError(f"prune_and_grow: {name} changed nnz {int(old.sum())} -> "
                                  f"{int(m.sum())}")
     new_params = dict(params)

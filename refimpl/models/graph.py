@@ -24,9 +24,12 @@ import numpy as np
 from .. import functional as F
 from ..core.tape import scope
 from ..kernels.masked_conv import WeightMask
+from ..ops import nsconv as _nsconv
 from ..sap import SapPolicy, SharedCache
 
 NORMS = ("nsconv", "bn", "none")
+#: Which layers SAP reaches: every conv and linear (SAP-1), or plain convs only (compat S2).
+SAP_LAYERS = ("all", "plain_conv")
 
 
 @dataclass(frozen=True)
@@ -88,28 +91,39 @@ class RunOptions:
     masks: prunable weight name -> :class:`~refimpl.kernels.masked_conv.WeightMask` (a bool mask
     is wrapped once here, so each layer's weight index is built once per mask change); None: a
     dense model (ERK-3). NSConv layers of a dense model use an all-true mask. nsconv_stats: NSC-1
-    ``dense`` or NSC-2 ``masked``. sap: the run's :class:`refimpl.sap.SapPolicy` (None: no SAP,
-    every conv and linear keeps its input); under a policy every conv and linear layer caches its
-    input by it, and the first conv of a block and its projection shortcut share one cache of
-    their input (SAP-1).
+    ``dense`` or NSC-2 ``masked`` (or a compat mode, ``authors``, ``authors_method1``). sap: the
+    run's :class:`refimpl.sap.SapPolicy` (None: no SAP, every conv and linear keeps its input);
+    under a policy every conv and linear layer caches its input by it, and the first conv of a
+    block and its projection shortcut share one cache of their input (SAP-1). sap_layers:
+    ``all`` (SAP-1) or the compat ``plain_conv`` (the authors' DropIT patches plain convolutions
+    only: NSConv and linear layers keep their input). Compat: docs/DEVIATIONS.md.
     """
 
     masks: dict | None = None
     nsconv_stats: str = "dense"
     sap: SapPolicy | None = None
+    sap_layers: str = "all"
 
     def __post_init__(self):
         if self.sap is not None and not isinstance(self.sap, SapPolicy):
             raise TypeError(f"RunOptions: sap must be a refimpl.sap.SapPolicy or None, received "
                             f"{type(self.sap).__name__}; build it once with "
                             f"SapPolicy.make(gamma, policy)")
-        if self.nsconv_stats not in ("dense", "masked"):
-            raise ValueError(f"RunOptions: nsconv_stats must be 'dense' or 'masked', received "
-                             f"{self.nsconv_stats!r}")
+        if self.nsconv_stats not in _nsconv.STATS + _nsconv.COMPAT_STATS:
+            raise ValueError(f"RunOptions: unknown nsconv_stats {self.nsconv_stats!r}; valid: "
+                             f"{', '.join(_nsconv.STATS + _nsconv.COMPAT_STATS)}")
+        if self.sap_layers not in SAP_LAYERS:
+            raise ValueError(f"RunOptions: unknown sap_layers {self.sap_layers!r}; valid: "
+                             f"{', '.join(SAP_LAYERS)}")
         if self.masks is not None:
             object.__setattr__(self, "masks", {
                 k: m if isinstance(m, WeightMask) else WeightMask(np.asarray(m, dtype=bool))
                 for k, m in self.masks.items()})
+
+    def sap_for(self, plain_conv: bool) -> SapPolicy | None:
+        """The SAP policy of a layer: every conv and linear (SAP-1), or with the compat
+        ``sap_layers = "plain_conv"`` only plain convolutions."""
+        return self.sap if self.sap_layers == "all" or plain_conv else None
 
 
 @dataclass
@@ -181,7 +195,8 @@ def _conv(layer: Conv, params, h, opts, shared=None, relu=False):
     w = params[f"{layer.name}.weight"]
     b = params.get(f"{layer.name}.bias")
     mask = opts.masks.get(f"{layer.name}.weight") if opts.masks is not None else None
-    kw = {"sap": opts.sap, "shared_cache": shared, "relu": relu}
+    sap = opts.sap_for(plain_conv=layer.norm != "nsconv")
+    kw = {"sap": sap, "shared_cache": shared if sap is not None else None, "relu": relu}
     if layer.norm == "nsconv":
         if mask is None:
             mask = WeightMask.counts(layer.weight_shape, math.prod(layer.weight_shape))
@@ -235,7 +250,7 @@ def _run(layers, model, params, h, train, opts, shared=None, last="input"):
         elif isinstance(layer, Linear):
             with scope(layer.name):
                 h = F.linear(h, params[f"{layer.name}.weight"], params.get(f"{layer.name}.bias"),
-                             sap=opts.sap)
+                             sap=opts.sap_for(plain_conv=False))
             last = layer.name
         elif isinstance(layer, ReLU):
             with scope(f"{last}.relu"):
