@@ -62,7 +62,7 @@ SPEC_RULES: dict[str, str] = {
     "NSC-3": "Ŵ has M's sparsity; gradients through μ and s²",
     "NSC-4": "NSConv models have no BatchNorm",
     "SAP-1": "SAP scope: conv/linear inputs, shared caches",
-    "SAP-2": "keep count n_keep = numel − floor(γ·numel), largest |x|",
+    "SAP-2": "n_keep = numel − floor(γ·numel) entries of largest magnitude",
     "SAP-3": "exact grad_input and grad_bias, grad_weight from x̂",
     "SAP-4": "other residuals exact and compact",
     "CACHE-1": "dense, bitmap and index cache formats",
@@ -78,7 +78,7 @@ SPEC_RULES: dict[str, str] = {
     "LT-1": "SGD, momentum, weight decay, learning-rate schedule",
     "LT-2": "per-epoch shuffle, batches, mean CE",
     "LT-3": "re-mask after every step; T = E·ceil(n_k/B)",
-    "BAE-1": "marked set: k_l smallest active |θ| at round start",
+    "BAE-1": "marked set: the k_l active weights of smallest magnitude",
     "BAE-2": "penalty λ·Σθ² on the marked set",
     "BAE-3": "extrusion adds no iterations",
     "BAE-4": "budget-aware learning rate",
@@ -198,6 +198,11 @@ def problems(index: dict, spec_ids: list[str] | None = None) -> list[str]:
     return out
 
 
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell (a bare '|' would end the cell)."""
+    return text.replace("|", r"\|")
+
+
 def render(index: dict) -> str:
     """The generated Markdown table (between the markers of docs/testing.md)."""
     lines = [BEGIN, "", "| rule | what | test files (tests that name the rule) |",
@@ -213,7 +218,7 @@ def render(index: dict) -> str:
                 parts.append(f"`{stem}`" + (f" ({', '.join(f'`{t}`' for t in tests)})"
                                             if tests else ""))
             cell = "<br>".join(parts)
-        lines.append(f"| {rule} | {title} | {cell} |")
+        lines.append(f"| {rule} | {_cell(title)} | {cell} |")
     n_cov = sum(1 for r in SPEC_RULES if index.get(r))
     lines += ["", f"{n_cov} of {len(SPEC_RULES)} rules covered by at least one test file; "
               f"{len(SPEC_RULES) - n_cov} pending.", "", END]
