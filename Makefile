@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --disable-pip-version-check -q
 JOBS   ?= 2
 
-.PHONY: demo test lint bench experiments clean-venv
+.PHONY: demo test lint bench experiments rules mutants clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,16 @@ bench: $(VENV)/.test
 # The experiment grid of docs/results.md (about an hour on 2 cores; resumable).
 experiments: $(VENV)/.test
 	$(PY) benchmarks/experiments.py --jobs 2
+
+# docs/testing.md: regenerate the per-rule table from the tests' `# covers:` headers.
+rules: $(VENV)/.runtime
+	$(PY) -m spec_tests.rule_index --write
+	$(PY) -m spec_tests.rule_index --check
+
+# Rule-breaking edits, one at a time on a scratch copy: which does the suite catch?
+# (not part of `make test`; 10-20 minutes on 2 cores; see docs/testing.md)
+mutants: $(VENV)/.test
+	$(PY) -m spec_tests.mutants
 
 clean-venv:
 	rm -rf $(VENV)

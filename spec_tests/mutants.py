@@ -1,0 +1,510 @@
+"""Mutation check of the spec suite (``make mutants``; not part of ``make test``).
+
+Each mutant is one small, rule-breaking edit of the library (an exact text replacement in one or
+more files) with the SPEC rule it breaks and the tests that must catch it. The runner copies the
+repository into a scratch directory (never touching the working tree, no ``git stash``), then
+for each mutant: applies its edits, runs its tests there with pytest (``-x``, derandomised
+Hypothesis, no example database), records the outcome, and restores the files (bytes and
+modification time, so Numba's cache stays valid).
+
+Outcomes:
+
+- ``caught``: the tests failed (exit code 1); the first failing test is reported.
+- ``NOT CAUGHT``: the tests passed on the mutated code.
+- ``STALE``: an edit's old text is not in the file exactly once (the code moved on): the
+  mutant must be rewritten. Reported loudly, never counted as caught.
+- ``ERROR`` / ``TIMEOUT``: pytest could not run the tests (e.g. an import error), or ran too long.
+
+Before the mutants, the union of their tests runs once on the unmutated copy: a failing baseline
+makes every "caught" meaningless, so the runner stops there. The exit status is 0 only when every
+selected mutant is caught.
+
+    python -m spec_tests.mutants                 # all mutants
+    python -m spec_tests.mutants --only pg7-grown-not-zeroed nsc1-eps-outside-sqrt
+    python -m spec_tests.mutants --list          # the mutants, without running anything
+    python -m spec_tests.mutants --check-stale   # only check that every edit still applies
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Edit:
+    file: str  # path relative to the repository root
+    old: str  # exact text; must occur exactly once
+    new: str
+
+
+@dataclass(frozen=True)
+class Mutant:
+    id: str
+    rule: str  # the SPEC rule the edit breaks
+    what: str  # one line: what the edit does
+    edits: tuple[Edit, ...]
+    tests: tuple[str, ...]  # pytest paths / node ids, relative to the root
+
+
+def _m(id, rule, what, file, old, new, *tests) -> Mutant:
+    return Mutant(id, rule, what, (Edit(file, old, new),), tuple(tests))
+
+
+SP, OPT, NS, BAE = ("refimpl/sparsity.py", "refimpl/core/optim.py", "refimpl/ops/nsconv.py",
+                    "refimpl/fl/bae.py")
+SAP, KC, MEMF, SRV = ("refimpl/sap.py", "refimpl/kernels/cache.py", "refimpl/memory.py",
+                      "refimpl/fl/server.py")
+T = "spec_tests/"
+
+MUTANTS: tuple[Mutant, ...] = (
+    # ---- the issue's three uncaught changes and its weak catches (new tests must catch) ----
+    _m("pg7-grown-not-zeroed", "PG-7", "adjust keeps a grown position's old value",
+       SP, "        ww[q] = 0\n", "", T + "test_adjust_stale.py"),
+    _m("nsc1-eps-outside-sqrt", "NSC-1", "r = max(sqrt(s²F), ε) instead of sqrt(max(s²F, ε))",
+       NS, "r = np.sqrt(np.maximum(v, eps))", "r = np.maximum(np.sqrt(v), eps)",
+       T + "test_nsconv_scales.py"),
+    _m("mask3-sgd-no-remask", "MASK-3", "SGD.step no longer re-masks the weights",
+       OPT, "            if m is not None:\n                p *= m\n", "",
+       T + "test_optim_unmasked.py"),
+    _m("conv5-relu-grad-at-zero", "CONV-5", "ReLU'(0) = 1 (bitmap of x >= 0)",
+       "refimpl/ops/elementwise.py", "np.packbits(x > 0, axis=None",
+       "np.packbits(x >= 0, axis=None",
+       T + "test_conv5_routing.py"),
+    _m("conv5-maxpool-last-max-jit", "CONV-5", "compiled max-pool: a later equal value wins",
+       "refimpl/kernels/pool.py", "if v > best:", "if v >= best:", T + "test_conv5_routing.py"),
+    _m("conv5-maxpool-last-max-np", "CONV-5", "NumPy max-pool: a later equal value wins",
+       "refimpl/ops/pool.py", "better = v > y", "better = v >= y", T + "test_conv5_routing.py"),
+    _m("fl1-sample-unsorted", "FL-1", "sampled clients in draw order, not sorted",
+       SRV, "return np.sort(rng.choice(num_clients, size=per_round, replace=False))",
+       "return (rng.choice(num_clients, size=per_round, replace=False))",
+       T + "test_fl_sampling.py"),
+    _m("bae2-lambda-twice", "BAE-2", "penalty gradient 2λ²θ instead of 2λθ",
+       BAE, "w.dtype.type(2.0 * lam) * v", "w.dtype.type(2.0 * lam * lam) * v",
+       T + "test_bae_lambda.py"),
+    _m("bae2-lambda-twice-client", "BAE-2", "the client multiplies λ_τ by λ once more",
+       "refimpl/fl/client.py", "lam = bae.lambda_at(cfg.bae.lam, cfg.bae.variant, tau)",
+       "lam = bae.lambda_at(cfg.bae.lam, cfg.bae.variant, tau) * cfg.bae.lam",
+       T + "test_bae_lambda.py"),
+    # ---- ERK (§2) ----
+    # (Moving the over-dense layer of *smallest* score into D first is an equivalent mutant,
+    # not listed: each move raises ε, so every over-dense layer stays over-dense and D ends the
+    # same whatever the order; see docs/testing.md.)
+    _m("erk1-no-dense-cap", "ERK-1", "no layer moves into D (densities above 1)",
+       SP, "over = [i for i in range(len(shapes)) if i not in dense and eps * scores[i] > 1]",
+       "over = []", T + "test_sparsity_erk.py"),
+    _m("erk1-erk-drops-kernel-dims", "ERK-1", "erk scores without the kernel dims",
+       SP, "    return Fraction(sum(shape), n)",
+       "    return Fraction(sum(shape[:2]) if len(shape) == 4 else sum(shape), n)",
+       T + "test_sparsity_erk.py"),
+    _m("erk1-er-keeps-kernel-dims", "ERK-1", "variant er scores like erk",
+       SP, "return Fraction(shape[0] + shape[1], n)", "return Fraction(sum(shape), n)",
+       T + "test_sparsity_erk.py"),
+    _m("erk2-target-truncated", "ERK-2", "target n = floor(d·N) instead of floor(d·N + 1/2)",
+       SP, "target = math.floor(d * sum(sizes) + Fraction(1, 2))",
+       "target = math.floor(d * sum(sizes))", T + "test_sparsity_erk.py"),
+    _m("erk2-remainder-smallest-fraction", "ERK-2", "remainder to the smallest fractional parts",
+       SP, "key=lambda i: (-(exact[i] - counts[i]), i),",
+       "key=lambda i: (exact[i] - counts[i], i),",
+       T + "test_sparsity_erk.py"),
+    _m("erk2-remainder-ties-last-layer", "ERK-2", "remainder ties to the last layer",
+       SP, "key=lambda i: (-(exact[i] - counts[i]), i),",
+       "key=lambda i: (-(exact[i] - counts[i]), -i),", T + "test_sparsity_erk.py"),
+    _m("conv6-density-as-float", "CONV-6", "density parsed as a binary float, not its decimal",
+       SP, "f = Fraction(str(p))", "f = Fraction(float(p))", T + "test_sparsity_erk.py"),
+    _m("mask2-density-mean-of-layers", "MASK-2", "density as the mean of layer densities",
+       SP, "return float(sum(int(m.sum()) for m in masks) / sum(m.size for m in masks))",
+       "return float(np.mean([m.mean() for m in masks]))", T + "test_sparsity_erk.py"),
+    _m("erk3-mask-with-replacement", "ERK-3", "initial mask drawn with replacement",
+       SP, "size=n, replace=False, shuffle=False", "size=n, replace=True, shuffle=False",
+       T + "test_sparsity_erk.py"),
+    # ---- prune and grow (§8), marked set (BAE-1) ----
+    _m("pg2-alpha-shifted", "PG-2", "α_t uses t − 1",
+       SP, "math.cos(math.pi * t / t_end)", "math.cos(math.pi * (t - 1) / t_end)",
+       T + "test_prune_grow.py", T + "test_fl_rules.py"),
+    _m("pg3-count-floor", "PG-3", "k_l with floor instead of ceil",
+       SP, "out.append(min(math.ceil(alpha_t * nnz), nnz, m.size - nnz))",
+       "out.append(min(math.floor(alpha_t * nnz), nnz, m.size - nnz))",
+       T + "test_prune_grow.py"),
+    _m("pg3-count-uncapped", "PG-3", "k_l not capped by the inactive count",
+       SP, "out.append(min(math.ceil(alpha_t * nnz), nnz, m.size - nnz))",
+       "out.append(min(math.ceil(alpha_t * nnz), nnz))", T + "test_prune_grow.py"),
+    _m("conv4-prune-ties-high-index", "CONV-4", "k smallest: ties to the highest index",
+       SP, "order = np.lexsort((candidates, scores))", "order = np.lexsort((-candidates, scores))",
+       T + "test_prune_grow.py"),
+    _m("conv4-grow-ties-high-index", "CONV-4", "k largest: ties to the highest index",
+       SP, "order = np.lexsort((candidates, -scores))",
+       "order = np.lexsort((-candidates, -scores))", T + "test_prune_grow.py"),
+    _m("pg4-prune-signed", "PG-4", "prune the smallest θ instead of the smallest |θ|",
+       SP, "p = k_smallest(active, np.abs(w.reshape(-1)[active]), k)",
+       "p = k_smallest(active, w.reshape(-1)[active], k)", T + "test_prune_grow.py"),
+    _m("pg6-grow-signed", "PG-6", "grow the largest ḡ instead of the largest |ḡ|",
+       SP, "q = k_largest(inactive, np.abs(s.reshape(-1)[inactive]), k)",
+       "q = k_largest(inactive, s.reshape(-1)[inactive], k)", T + "test_prune_grow.py"),
+    _m("pg6-grow-after-prune", "PG-6", "grow candidates include the just-pruned entries",
+       SP, "inactive = np.flatnonzero(~flat_m)  # before pruning (PG-6)",
+       "inactive = np.union1d(np.flatnonzero(~flat_m), p)", T + "test_prune_grow.py"),
+    _m("pg7-no-remask", "PG-7", "adjust does not apply θ ← θ ⊙ M_new",
+       SP, "        ww *= mm\n", "", T + "test_prune_grow.py", T + "test_adjust_stale.py"),
+    _m("bae1-marked-over-all-entries", "BAE-1", "marked set chosen among all entries (zeros too)",
+       SP, "        active = np.flatnonzero(m)\n        if not 0 <= k",
+       "        active = np.arange(m.size)\n        if not 0 <= k", T + "test_prune_grow.py"),
+    _m("pg1-adjust-excludes-t-end", "PG-1", "no adjustment at t = T_end",
+       "refimpl/fl/schedule.py", "t % cfg.sparse.delta_t == 0 and t <= cfg.t_end",
+       "t % cfg.sparse.delta_t == 0 and t < cfg.t_end", T + "test_fl_rules.py"),
+    # ---- aggregation, sampling, initialisation (§9) ----
+    _m("agg1-uniform-weights", "AGG-1", "FedAvg weights 1/C instead of n_k/Σn",
+       SRV, "return [(u, u.n / total) for u in ordered]",
+       "return [(u, 1.0 / len(ordered)) for u in ordered]", T + "test_fl_client.py"),
+    _m("agg1-completion-order", "AGG-1", "accumulate in completion order",
+       SRV, "ordered = sorted(updates, key=lambda u: u.client)", "ordered = list(updates)",
+       T + "test_fl_client.py"),
+    _m("agg1-no-remask", "AGG-1", "aggregate does not apply θ ← θ ⊙ M",
+       SRV, "            params[name] *= m\n", "            pass\n", T + "test_fl_client.py"),
+    _m("agg1-accumulate-in-input-dtype", "AGG-1", "accumulate in float32 for float32 models",
+       SRV, "acc = {name: np.zeros(a.shape, dtype=np.float64)",
+       "acc = {name: np.zeros(a.shape, dtype=a.dtype)", T + "test_fl_client.py"),
+    _m("fl1-sample-with-replacement", "FL-1", "clients sampled with replacement",
+       SRV, "size=per_round, replace=False", "size=per_round, replace=True",
+       T + "test_fl_sampling.py"),
+    _m("fl1-init-fan-out", "FL-1", "He-normal with fan_out instead of fan_in",
+       "refimpl/models/graph.py", "fan_in = int(np.prod(shape[1:]))",
+       "fan_in = int(shape[0] * np.prod(shape[2:]))", T + "test_init.py"),
+    _m("rng1-drop-extra", "RNG-1", "the stream ignores its 'extra' index",
+       "refimpl/core/rng.py", "spawn_key=key)", "spawn_key=key[:3])",
+       T + "test_fl_client.py::test_batches_cover_each_epoch", T + "test_sparsity_erk.py"),
+    # ---- local training (§6) and BaE (§7) ----
+    _m("lt1-momentum-first-step-zero", "LT-1", "momentum buffer starts at 0, not at d",
+       OPT, "buf = self.state[name] = d.copy()", "buf = self.state[name] = 0 * d",
+       T + "test_optim_masks.py"),
+    Mutant("lt2-drop-last-batch", "LT-2", "the last, smaller batch of an epoch is dropped",
+           (Edit("refimpl/fl/client.py", "for s in range(0, n, b):",
+                 "for s in range(0, n - b + 1, b):"),
+            Edit("refimpl/fl/client.py",
+                 "return cfg.train.local_epochs * math.ceil(n / cfg.train.batch_size)",
+                 "return cfg.train.local_epochs * (n // cfg.train.batch_size)")),
+           (T + "test_fl_client.py::test_batches_cover_each_epoch",)),
+    _m("pg5-growth-masked-gradient", "PG-5", "growth scores from the masked gradient",
+       "refimpl/fl/client.py", "opts = run_options(cfg, None)  # no masks",
+       "opts = run_options(cfg, masks)  # no masks", T + "test_fl_client.py"),
+    _m("pg5-upload-among-all-positions", "PG-5", "uploaded pairs chosen among all positions",
+       "refimpl/fl/client.py", "inactive = np.flatnonzero(~masks[name].reshape(-1))",
+       "inactive = np.arange(masks[name].size)", T + "test_fl_client.py"),
+    _m("lt1-lr-exponent", "LT-1", "η_t = η0·(η_min/η0)^(t/R)",
+       "refimpl/fl/schedule.py", "** ((t - 1) / cfg.run.rounds)", "** (t / cfg.run.rounds)",
+       T + "test_fl_rules.py"),
+    _m("lt1-weight-decay-sign", "LT-1", "weight decay added with the wrong sign",
+       OPT, "d = g + p.dtype.type(self.weight_decay) * p",
+       "d = g - p.dtype.type(self.weight_decay) * p", T + "test_optim_masks.py"),
+    _m("mask3-momentum-keeps-history", "MASK-3", "momentum buffer keeps masked history",
+       OPT, "buf *= m  # a position pruned", "pass  # a position pruned",
+       T + "test_optim_masks.py"),
+    _m("lt2-same-shuffle-every-epoch", "LT-2", "every epoch reuses epoch 0's permutation",
+       "refimpl/fl/client.py", "Purpose.SHUFFLE, t, client, epoch)",
+       "Purpose.SHUFFLE, t, client, 0)",
+       T + "test_fl_client.py::test_batches_cover_each_epoch"),
+    _m("bae2-penalty-value-without-lambda", "BAE-2", "penalty value λ·Σθ² loses its λ",
+       BAE, "    return lam * out\n", "    return out\n", T + "test_fl_rules.py"),
+    _m("bae2-gradient-without-factor-2", "BAE-2", "l2sq gradient λθ instead of 2λθ",
+       BAE, "w.dtype.type(2.0 * lam) * v", "w.dtype.type(lam) * v", T + "test_fl_rules.py"),
+    _m("bae4-progress-linear", "BAE-4", "p(τ) = (T − τ)/T",
+       BAE, "return (2 * iterations - 2 * tau) / (2 * iterations - tau)",
+       "return (iterations - tau) / iterations", T + "test_fl_rules.py", T + "test_bae_lr.py"),
+    _m("bae4-plain-sigmoid", "BAE-4", "β uses σ(‖θ_Low‖) instead of 2σ − 1",
+       BAE, "factor = 2.0 * (1.0 / (1.0 + math.exp(-low_norm))) - 1.0",
+       "factor = 1.0 / (1.0 + math.exp(-low_norm))", T + "test_fl_rules.py"),
+    _m("bae4-no-floor-at-eta", "BAE-4", "μ_τ = β_τ without max(η_t, ·)",
+       BAE, "return max(lr_t, beta)", "return beta", T + "test_fl_rules.py"),
+    _m("bae5-adjustment-round-extrudes", "BAE-5", "with E_b ≥ 1 the adjustment round extrudes too",
+       "refimpl/fl/schedule.py", "for t_adj in range(t + 1, t + eb + 1):",
+       "for t_adj in range(t, t + eb + 1):", T + "test_fl_rules.py"),
+    # ---- NSConv (§3) ----
+    _m("nsc1-variance-divisor-fan-in", "NSC-1", "s² divided by F instead of max(F − 1, 1)",
+       NS, "return (count / np.maximum(count - 1, 1)).astype(dtype)",
+       "return (count / np.maximum(count, 1)).astype(dtype)", T + "test_nsconv.py"),
+    _m("nsc1-default-eps", "NSC-1", "nsconv2d's default ε = 1e-5",
+       "refimpl/functional.py", 'stats="dense",\n             eps=1e-4,',
+       'stats="dense",\n             eps=1e-5,', T + "test_nsconv_scales.py"),
+    _m("nsc2-masked-scale-uses-fan-in", "NSC-2", "masked stats scale by fan_in (compat method 1)",
+       NS, "v = ss * _scale_factor(count, w.dtype)",
+       "v = ss * _scale_factor(np.full_like(count, w[0].size), w.dtype)",
+       T + "test_nsconv.py", T + "test_nsconv_scales.py"),
+    _m("nsc3-gradient-ignores-clamp", "NSC-3", "vjp differentiates s² even where clamped",
+       NS, "coef = np.where(res.unclamped,", "coef = np.where(True,",
+       T + "test_nsconv.py", T + "test_nsconv_scales.py"),
+    # ---- SAP and the cache (§4) ----
+    _m("sap2-drop-count-ceil", "SAP-2", "n_drop = ceil(γ·numel)",
+       SAP, "return numel - (g.numerator * numel) // g.denominator",
+       "return numel + (-(g.numerator * numel) // g.denominator)",
+       T + "test_cache_formats.py", T + "test_sap.py"),
+    _m("conv6-keep-count-float", "CONV-6", "n_drop from a float product",
+       SAP, "return numel - (g.numerator * numel) // g.denominator",
+       "return numel - int(float(g) * numel)", T + "test_cache_formats.py",
+       T + "test_sap_counts.py"),
+    _m("conv4-sap-ties-last-np", "CONV-4", "NumPy selection keeps the last tied entries",
+       KC, "keep[np.flatnonzero(a == t)[:need]] = True",
+       "keep[np.flatnonzero(a == t)[::-1][:need]] = True", T + "test_cache_formats.py"),
+    _m("conv4-sap-ties-last-radix", "CONV-4", "radix selection keeps the last tied candidates",
+       KC, "for j in range(m):  # prefix is now the full pattern of t",
+       "for j in range(m - 1, -1, -1):  # prefix is now the full pattern of t",
+       T + "test_cache_formats.py"),
+    _m("cache1-bit-order-np", "CACHE-1", "NumPy selection packs big-endian bits",
+       KC, 'return np.packbits(keep, bitorder="little"), int(keep.sum())',
+       'return np.packbits(keep, bitorder="big"), int(keep.sum())', T + "test_cache_formats.py"),
+    _m("cache1-bit-order-all-kept", "CACHE-1", "nothing dropped: big-endian bitmap tail",
+       SAP, 'return np.packbits(np.ones(numel, dtype=bool), bitorder="little")',
+       'return np.packbits(np.ones(numel, dtype=bool), bitorder="big")',
+       T + "test_cache_formats.py", T + "test_sap.py"),
+    _m("cache3-signed-zero-lost", "CACHE-3", "index decode adds +0.0 (-0.0 becomes +0.0)",
+       KC, "        out[i] = values[j]\n", "        out[i] = values[j] + zero\n",
+       T + "test_cache_formats.py"),
+    _m("cache1-index-dtype-off-by-one", "CACHE-1", "index width must hold numel, not numel − 1",
+       SAP, "if numel - 1 <= np.iinfo(dt).max:", "if numel <= np.iinfo(dt).max:",
+       T + "test_cache_formats.py"),
+    _m("cache2-auto-tie-prefers-later", "CACHE-2", "auto ties go to bitmap/index over dense",
+       SAP, "if b < best_bytes:", "if b <= best_bytes:", T + "test_cache_formats.py"),
+    _m("cache4-bitmap-bytes-floor", "CACHE-4", "bitmap bytes floor(numel/8)",
+       SAP, "return (numel + 7) // 8 + n_keep * itemsize", "return numel // 8 + n_keep * itemsize",
+       T + "test_cache_formats.py"),
+    _m("sap1-shared-cache-encoded-twice", "SAP-1", "a shared input is encoded per layer",
+       "refimpl/ops/conv.py", "return None, shared.get(x, sap)",
+       "return None, prune_and_encode(x, sap)", T + "test_sap.py", T + "test_memory.py"),
+    # ---- tape (§1) ----
+    _m("tape1-overwrite", "TAPE-1", "backward overwrites instead of accumulating",
+       "refimpl/core/tape.py", "cts[key] = c if prev is None else prev + c", "cts[key] = c",
+       T + "test_tape.py"),
+    _m("tape3-shared-buffer-twice", "TAPE-3", "a buffer held by two records counts twice",
+       "refimpl/core/tape.py", "                if key in seen:\n                    continue\n", "",
+       T + "test_tape.py", T + "test_memory.py"),
+    _m("tape3-counts-leaf-operands", "TAPE-3", "parameters referenced as operands are counted",
+       "refimpl/core/tape.py", "if vid is None or vid in self._leaves:", "if vid is None:",
+       T + "test_tape.py", T + "test_memory.py"),
+    _m("conv5-maxpool-backward-overwrites", "CONV-5", "max-pool backward overwrites overlaps",
+       "refimpl/kernels/pool.py", "                        dx[n, c, ih, iw] += g[n, c, oh, ow]",
+       "                        dx[n, c, ih, iw] = g[n, c, oh, ow]", T + "test_conv5_routing.py"),
+    # ---- memory ledger (§5) ----
+    _m("mem1-relu-bitmap-bytes", "MEM-1", "ledger counts a ReLU byte per element",
+       MEMF, 'norm=None)\n                r["activation"]["relu_bitmap"] = (math.prod(shape) + 7)'
+       ' // 8', 'norm=None)\n                r["activation"]["relu_bitmap"] = math.prod(shape)',
+       T + "test_memory.py"),
+    _m("mem1-maxpool-argmax-itemsize", "MEM-1", "ledger counts max-pool argmax in floats",
+       MEMF, 'r["activation"]["maxpool_argmax"] = math.prod(out) if traced',
+       'r["activation"]["maxpool_argmax"] = math.prod(out) * self.s if traced',
+       T + "test_memory.py"),
+    _m("mem1-nsconv-flags-missing", "MEM-1", "ledger forgets the NSConv clamp flags",
+       MEMF, 'act["nsconv_scale"] = c * s + c', 'act["nsconv_scale"] = c * s',
+       T + "test_memory.py"),
+    _m("mem1-category-misfiled", "MEM-1", "Ŵ filed under input_cache (same total)",
+       MEMF, 'act["standardised_kernel"] = math.prod(layer.weight_shape) * s if traced else 0',
+       'act["input_cache"] += math.prod(layer.weight_shape) * s if traced else 0',
+       T + "test_memory.py"),
+    _m("mem1-gradients-dense", "MEM-1", "gradient bytes of all entries, not the nonzeros",
+       MEMF, 'r["gradients"] = (nnz + other) * s', 'r["gradients"] = (n + other) * s',
+       T + "test_memory.py"),
+    _m("mem3-footprint-dense-weights", "MEM-3", "footprint with dense weights",
+       MEMF, 'totals["footprint"] = totals["weights_sparse"] + totals["activation_cache"]',
+       'totals["footprint"] = totals["weights_dense"] + totals["activation_cache"]',
+       T + "test_memory.py"),
+    _m("mem4-growth-index-int32", "MEM-4", "growth pairs always with 4-byte indices",
+       SRV, "total += idx.size * index_itemsize(math.prod(shape)) + val.nbytes",
+       "total += idx.size * 4 + val.nbytes", T + "test_fl_client.py"),
+    # ---- data (§10) ----
+    _m("data1-apportion-ties-high-index", "DATA-1", "apportion remainder ties to higher index",
+       "refimpl/data/partitioners.py", "order = np.lexsort((np.arange(len(p)), -frac))",
+       "order = np.lexsort((-np.arange(len(p)), -frac))", T + "test_data_partition.py"),
+)
+
+
+# ---- the runner --------------------------------------------------------------------------------
+def _repo_files(root: Path) -> list[str]:
+    """Tracked and untracked-but-not-ignored files (the working tree as it is, new tests
+    included), plus Numba's cache files so the scratch copy does not recompile every kernel."""
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                         cwd=root, check=True, capture_output=True).stdout.decode()
+    files = [f for f in out.split("\0") if f and (root / f).is_file()]
+    for pattern in ("*.nbi", "*.nbc"):
+        files += [str(p.relative_to(root)) for p in root.glob(f"refimpl/**/__pycache__/{pattern}")]
+    return files
+
+
+def make_scratch(root: Path = ROOT) -> Path:
+    scratch = Path(tempfile.mkdtemp(prefix="fedmef-mutants-"))
+    for rel in _repo_files(root):
+        dst = scratch / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / rel, dst)  # keeps mtimes: Numba's cache index stays valid
+    return scratch
+
+
+def stale_edits(m: Mutant, root: Path) -> list[str]:
+    """Why the mutant no longer applies to the code under ``root`` (empty when it does)."""
+    out = []
+    for e in m.edits:
+        path = root / e.file
+        if not path.is_file():
+            out.append(f"{e.file}: file not found")
+            continue
+        n = path.read_text(encoding="utf-8").count(e.old)
+        if n != 1:
+            out.append(f"{e.file}: old text found {n} times (expected exactly once): {e.old!r}")
+    return out
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["CI"] = "1"  # the derandomised Hypothesis profile without an example database
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def _pytest(scratch: Path, tests, timeout: float) -> tuple[int | None, str]:
+    shutil.rmtree(scratch / ".hypothesis", ignore_errors=True)
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p",
+           "no:xdist", "-p", "no:randomly", *tests]
+    try:
+        r = subprocess.run(cmd, cwd=scratch, env=_env(), capture_output=True, text=True,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, ""
+    return r.returncode, r.stdout + r.stderr
+
+
+def _first_failure(output: str) -> str:
+    m = re.search(r"^FAILED (\S+)", output, flags=re.M)
+    if m:
+        return m.group(1).split("[")[0].replace("spec_tests/", "")
+    m = re.search(r"^ERROR (\S+)", output, flags=re.M)
+    return ("error: " + m.group(1)) if m else ""
+
+
+def _check_imports_from(scratch: Path) -> None:
+    code = "import refimpl, models, data_tools; print(refimpl.__file__, models.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=scratch, env=_env(), check=True,
+                         capture_output=True, text=True).stdout
+    if any(not p.startswith(str(scratch)) for p in out.split()):
+        raise SystemExit(f"mutants: the scratch copy imports the library from elsewhere "
+                         f"({out.strip()}); a mutant there would test nothing. Run from a "
+                         f"checkout whose package is not installed over it.")
+
+
+def run(mutants, timeout: float, keep: bool, log=print) -> list[tuple[Mutant, str, str, float]]:
+    scratch = make_scratch()
+    log(f"scratch copy: {scratch}")
+    results = []
+    try:
+        _check_imports_from(scratch)
+        union = list(dict.fromkeys(t for m in mutants for t in m.tests))
+        t0 = time.monotonic()
+        code, out = _pytest(scratch, union, timeout * 4)
+        if code != 0:
+            raise SystemExit(f"mutants: the unmutated baseline does not pass (exit {code}); "
+                             f"fix the suite first.\n{out[-3000:]}")
+        log(f"baseline: {len(union)} test selections pass on the unmutated copy "
+            f"({time.monotonic() - t0:.0f} s)")
+        for m in mutants:
+            why = stale_edits(m, scratch)
+            if why:
+                results.append((m, "STALE", "; ".join(why), 0.0))
+                log(f"  {m.id:38s} STALE  {'; '.join(why)}")
+                continue
+            saved = {}
+            for e in m.edits:
+                path = scratch / e.file
+                if path not in saved:
+                    st = path.stat()
+                    saved[path] = (path.read_bytes(), (st.st_atime_ns, st.st_mtime_ns))
+                path.write_text(path.read_text(encoding="utf-8").replace(e.old, e.new, 1),
+                                encoding="utf-8")
+            t0 = time.monotonic()
+            try:
+                code, out = _pytest(scratch, m.tests, timeout)
+            finally:
+                for path, (data, times) in saved.items():
+                    path.write_bytes(data)
+                    os.utime(path, ns=times)
+            secs = time.monotonic() - t0
+            if code is None:
+                status, detail = "TIMEOUT", f"over {timeout:.0f} s"
+            elif code == 1:
+                status, detail = "caught", _first_failure(out)
+            elif code == 0:
+                status, detail = "NOT CAUGHT", "the tests pass on the mutated code"
+            else:
+                status, detail = "ERROR", f"pytest exit {code}: {_first_failure(out)}"
+            results.append((m, status, detail, secs))
+            log(f"  {m.id:38s} {status:10s} {secs:5.0f} s  {detail}")
+    finally:
+        if keep:
+            log(f"kept {scratch}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return results
+
+
+def table(results) -> str:
+    lines = ["| mutant | rule | what the edit breaks | outcome | first failing test |",
+             "|---|---|---|---|---|"]
+    for m, status, detail, _ in results:
+        lines.append(f"| `{m.id}` | {m.rule} | {m.what} | {status} | {detail} |")
+    caught = sum(1 for r in results if r[1] == "caught")
+    lines.append("")
+    lines.append(f"{caught} of {len(results)} mutants caught.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Apply rule-breaking edits one at a time to a "
+                                 "scratch copy and report which the spec suite catches.")
+    ap.add_argument("--only", nargs="+", metavar="ID", help="run only these mutants")
+    ap.add_argument("--list", action="store_true", help="list the mutants and exit")
+    ap.add_argument("--check-stale", action="store_true",
+                    help="only check that every edit still applies to the working tree")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per mutant")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch copy")
+    ap.add_argument("--markdown", metavar="FILE", help="also write the result table here")
+    args = ap.parse_args(argv)
+    selected = list(MUTANTS)
+    if args.only:
+        known = {m.id for m in MUTANTS}
+        unknown = [i for i in args.only if i not in known]
+        if unknown:
+            ap.error(f"unknown mutant ids {unknown}; see --list")
+        selected = [m for m in MUTANTS if m.id in args.only]
+    if args.list:
+        for m in selected:
+            print(f"{m.id:38s} {m.rule:8s} {m.what}  [{', '.join(m.tests)}]")
+        return 0
+    if args.check_stale:
+        bad = [(m, why) for m in selected if (why := stale_edits(m, ROOT))]
+        for m, why in bad:
+            print(f"STALE {m.id}: {'; '.join(why)}", file=sys.stderr)
+        print(f"{len(selected) - len(bad)} of {len(selected)} mutants apply")
+        return 1 if bad else 0
+    results = run(selected, args.timeout, args.keep)
+    text = table(results)
+    print()
+    print(text)
+    if args.markdown:
+        out = Path(args.markdown)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(text + "\n", encoding="utf-8")
+        os.replace(tmp, out)
+    bad = [r for r in results if r[1] != "caught"]
+    if bad:
+        print(f"\n{len(bad)} mutant(s) not caught, stale or in error: "
+              f"{', '.join(r[0].id for r in bad)}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
