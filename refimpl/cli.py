@@ -74,13 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Each further command lives beside the code it drives and registers itself here through
     # ``add_parser(subparsers)``, which must set ``func`` on the parser it adds.
     for module in _COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue  # a command whose module is not part of this checkout yet
-        mod.add_parser(sub)
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 

@@ -14,9 +14,10 @@ from refimpl.fl.client import RoundPlan, _batches, growth_scores, local_train, n
 from refimpl.fl.config import load_config
 from refimpl.fl.data import load_fed_data
 from refimpl.fl.nets import effective_model, run_options
-from refimpl.fl.server import aggregate, average_growth, bytes_down, bytes_up, index_itemsize
+from refimpl.fl.server import aggregate, average_growth, bytes_down, bytes_up
 from refimpl.fl.state import build_model, init_state
 from refimpl.memory import ledger
+from refimpl.sap import index_dtype
 from refimpl.sparsity import marked_set
 
 
@@ -248,7 +249,8 @@ def test_communication_bytes(smoke):
     k_l = [min(2, int((~st.masks[n]).sum())) for n in names]
     (u,) = _updates(cfg, data, model, st, [0], grow=k_l)
     shapes = {n: st.params[n].shape for n in names}
-    pairs = sum(k * (index_itemsize(st.masks[n].size) + s) for n, k in zip(names, k_l, strict=True))
+    pairs = sum(k * (index_dtype(st.masks[n].size).itemsize + s)
+                for n, k in zip(names, k_l, strict=True))
     assert bytes_up(u, st.masks, shapes) == values + dense + pairs
     led = ledger(model, data.input_shape, 16, density=cfg.sparse.density)
     assert led.communication["down"] == values + dense

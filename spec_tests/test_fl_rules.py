@@ -17,7 +17,8 @@ from refimpl.fl.schedule import (
     is_extrusion,
     learning_rate,
 )
-from refimpl.fl.server import index_itemsize, sample_clients
+from refimpl.fl.server import sample_clients
+from refimpl.sap import index_dtype
 
 
 def cfg_with(*sets):
@@ -133,6 +134,9 @@ def test_sampling():
 
 
 def test_index_itemsize():
-    """MEM-4 growth pairs use the narrowest unsigned index that holds N − 1 (as CACHE-1)."""
-    assert [index_itemsize(n) for n in (1, 256, 257, 65536, 65537, 2**32, 2**32 + 1)] == [
-        1, 1, 2, 2, 4, 4, 8]
+    """MEM-4 growth pairs use the narrowest unsigned index that holds N − 1, the one rule of
+    CACHE-1 (refimpl.sap.index_dtype), which stops at uint32 with a clear error."""
+    assert [index_dtype(n).itemsize for n in (1, 256, 257, 65536, 65537, 2**32)] == [
+        1, 1, 2, 2, 4, 4]
+    with pytest.raises(ValueError, match="beyond uint32"):
+        index_dtype(2**32 + 1)

@@ -27,7 +27,6 @@ from typing import Any
 
 from .. import models
 from ..sap import SapPolicy
-from ..sparsity import exact_fraction
 
 __all__ = ["Config", "METHODS", "load_config", "preset_names", "parse_set", "to_toml",
            "config_from_dict", "key_table", "compat_keys"]
@@ -346,12 +345,6 @@ def _resolve(cfg: Config) -> Config:
     if cfg.sparse.t_end > cfg.run.rounds:
         raise ConfigError(f"sparse.t_end = {cfg.sparse.t_end} exceeds run.rounds = "
                           f"{cfg.run.rounds}; use 0 for 'until the last round'")
-    if cfg.sparse.density != AUTO:
-        exact_fraction(cfg.sparse.density)  # CONV-6: the decimal as written must be exact
-    try:
-        SapPolicy.make(gamma, cfg.sap.cache_policy, cfg.sap.keep_count)  # validated once here
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"sap.gamma / sap.cache_policy: {e}") from None
     if cfg.model.name not in models.names():
         raise ConfigError(f"model.name {cfg.model.name!r} is not in the zoo; valid models: "
                           f"{', '.join(models.names())}")

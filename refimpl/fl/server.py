@@ -9,10 +9,11 @@ import math
 import numpy as np
 
 from ..core.rng import Purpose, stream
+from ..sap import index_dtype
 from ..sparsity import adjust
 from .client import ClientUpdate
 
-__all__ = ["sample_clients", "aggregate", "average_growth", "prune_and_grow", "index_itemsize",
+__all__ = ["sample_clients", "aggregate", "average_growth", "prune_and_grow",
            "bytes_down", "bytes_up"]
 
 
@@ -92,15 +93,6 @@ def prune_and_grow(params: dict, masks: dict, prunable: list[str], scores: list[
     return new_params, dict(zip(prunable, new_m, strict=True)), report
 
 
-def index_itemsize(size: int) -> int:
-    """Bytes of a flat index into a tensor of ``size`` entries: the narrowest of uint8, uint16,
-    uint32, uint64 that holds size − 1 (as CACHE-1 does)."""
-    for nbytes in (1, 2, 4):
-        if size - 1 < 256 ** nbytes:
-            return nbytes
-    return 8
-
-
 def _model_bytes(params: dict, buffers: dict, masks: dict | None) -> int:
     """Nonzero values of masked tensors (one value per active entry) plus every dense tensor."""
     total = 0
@@ -128,5 +120,5 @@ def bytes_up(update: ClientUpdate, masks: dict | None, shapes: dict) -> int:
     total = _model_bytes(update.params, update.buffers, masks)
     if update.growth is not None:
         for shape, (idx, val) in zip(shapes.values(), update.growth, strict=True):
-            total += idx.size * index_itemsize(math.prod(shape)) + val.nbytes
+            total += idx.size * index_dtype(math.prod(shape)).itemsize + val.nbytes
     return total
