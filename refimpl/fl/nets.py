@@ -43,6 +43,19 @@ def _plain_layers(layers):
     return tuple(out)
 
 
+def _nsconv_layers(model: models.Model, params: dict, masks: dict | None, stats: str):
+    """(layer, weight name, standardisation params) of every NSConv layer, with its mask (an
+    all-true one for a dense layer) and the mode's mask rule (NSC-1/2, or compat)."""
+    for layer in models.iter_layers(model.layers):
+        if isinstance(layer, Conv) and layer.norm == "nsconv":
+            name = f"{layer.name}.weight"
+            mask = masks.get(name) if masks is not None else None
+            if mask is None:
+                mask = WeightMask.counts(layer.weight_shape, math.prod(layer.weight_shape))
+            yield layer, name, _nsconv.StandardizeParams.make(mask, params[name], stats,
+                                                              F.NSCONV_EPS)
+
+
 def effective_model(model: models.Model, params: dict, masks: dict, stats: str):
     """A model and parameters computing the same function as ``model`` whose prunable weights
     are the *effective kernels* (PG-5): Ŵ (NSC-1/2) for NSConv layers, W ⊙ M otherwise.
@@ -54,16 +67,9 @@ def effective_model(model: models.Model, params: dict, masks: dict, stats: str):
     """
     layers = _plain_layers(model.layers)
     new = dict(params)
-    for layer in models.iter_layers(model.layers):
-        if isinstance(layer, Conv) and layer.norm == "nsconv":
-            name = f"{layer.name}.weight"
-            mask = masks.get(name) if masks is not None else None
-            if mask is None:
-                mask = WeightMask.counts(layer.weight_shape, math.prod(layer.weight_shape))
-            p = _nsconv.StandardizeParams.make(mask, params[name], stats, F.NSCONV_EPS)
-            new[name] = apply(_nsconv.STANDARDIZE, (params[name], params[f"{layer.name}.gain"]),
-                              p)
-            del new[f"{layer.name}.gain"]
+    for layer, name, p in _nsconv_layers(model, params, masks, stats):
+        new[name] = apply(_nsconv.STANDARDIZE, (params[name], params[f"{layer.name}.gain"]), p)
+        del new[f"{layer.name}.gain"]
     buffers = {k: v.copy() for k, v in model.buffers.items()}
     return models.Model(model.name, layers, new, buffers), new
 
@@ -75,15 +81,9 @@ def weight_scores(model: models.Model, params: dict, masks: dict, stats: str,
     same primitive the forward runs, :func:`refimpl.ops.nsconv.pullback`); other layers'
     kernels are W ⊙ M, so their gradient is passed on unchanged. Returns a new dict."""
     out = dict(kernel_grads)
-    for layer in models.iter_layers(model.layers):
-        if isinstance(layer, Conv) and layer.norm == "nsconv":
-            name = f"{layer.name}.weight"
-            mask = masks.get(name) if masks is not None else None
-            if mask is None:
-                mask = WeightMask.counts(layer.weight_shape, math.prod(layer.weight_shape))
-            p = _nsconv.StandardizeParams.make(mask, params[name], stats, F.NSCONV_EPS)
-            out[name] = _nsconv.pullback(params[name], params[f"{layer.name}.gain"], p,
-                                         kernel_grads[name])[0]
+    for layer, name, p in _nsconv_layers(model, params, masks, stats):
+        out[name] = _nsconv.pullback(params[name], params[f"{layer.name}.gain"], p,
+                                     kernel_grads[name])[0]
     return out
 
 
