@@ -92,6 +92,8 @@ class ClientError(RuntimeError):
     offline, or answered with something that does not fit the round. The message names both;
     the run stops with its last checkpoint intact (``fedmef run --resume`` continues)."""
 
+    user_facing = True  # `fedmef` prints the message, not a traceback
+
     def __init__(self, t: int, client: int, reason: str):
         super().__init__(f"round {t}: client {client}: {reason}")
         self.t, self.client, self.reason = t, client, reason

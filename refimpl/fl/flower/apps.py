@@ -12,6 +12,7 @@ by :func:`refimpl.fl.flower.launch.write_app`):
 ``resume``          continue the run in ``out`` from its newest checkpoint (bool)
 ``overwrite``       replace an existing run directory (bool)
 ``node-timeout``    seconds to wait for a SuperNode that serves a sampled client
+``min-nodes``       SuperNodes to wait for before the first round (at most ``node-timeout``)
 ``result-file``     where to write the outcome as JSON (empty: nowhere); the one-machine
                     launcher reads it
 ==================  ============================================================================
@@ -38,7 +39,7 @@ __all__ = ["server_app", "client_app", "RUN_CONFIG"]
 
 #: The ServerApp's run-config keys and their defaults (module docstring).
 RUN_CONFIG = {"config": "", "out": "", "resume": False, "overwrite": False,
-              "node-timeout": 120.0, "result-file": ""}
+              "node-timeout": 120.0, "min-nodes": 1, "result-file": ""}
 
 server_app = ServerApp()
 client_app = ClientApp()
@@ -60,8 +61,10 @@ def _options(run_config) -> dict:
     return opts
 
 
-def _flower_clients(grid, node_timeout: float, cfg, model, data) -> FlowerClients:
-    return FlowerClients(grid, cfg, model, data, node_timeout=node_timeout, log=_log)
+def _flower_clients(grid, node_timeout: float, min_nodes: int, cfg, model, data
+                    ) -> FlowerClients:
+    return FlowerClients(grid, cfg, model, data, node_timeout=node_timeout,
+                         min_nodes=min_nodes, log=_log)
 
 
 def _write_result(path: str, result: dict) -> None:
@@ -75,7 +78,8 @@ def main(grid: Grid, context: Context) -> None:
     result_file = str(dict(context.run_config).get("result-file", ""))
     try:
         opts = _options(context.run_config)
-        clients = functools.partial(_flower_clients, grid, float(opts["node-timeout"]))
+        clients = functools.partial(_flower_clients, grid, float(opts["node-timeout"]),
+                                    int(opts["min-nodes"]))
         cfg = None if opts["resume"] else config_from_dict(tomllib.loads(opts["config"]))
         summary = run(cfg, opts["out"], resume=bool(opts["resume"]),
                       overwrite=bool(opts["overwrite"]), progress=False, log=_log,

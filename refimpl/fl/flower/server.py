@@ -48,6 +48,8 @@ class FederationError(RuntimeError):
     """The SuperNodes cannot serve this run (none connected, a node started for another run,
     two nodes claiming one partition); the message says which node and how to fix it."""
 
+    user_facing = True
+
 
 @dataclass
 class _Node:
@@ -63,12 +65,12 @@ class _Node:
 class FlowerClients:
     """Clients of a round on the SuperNodes of ``grid`` (module docstring).
 
-    ``node_timeout``: seconds to wait for a SuperNode that serves a sampled client (and for the
-    first node at start) before the run stops with an error; ``poll``: seconds between two
-    pulls of replies. ``log`` receives one line per round."""
+    ``node_timeout``: seconds to wait for a SuperNode that serves a sampled client (and for
+    ``min_nodes`` SuperNodes at start) before the run stops with an error; ``poll``: seconds
+    between two pulls of replies. ``log`` receives one line per round."""
 
     def __init__(self, grid, cfg: Config, model, data, *, node_timeout: float = 120.0,
-                 poll: float = 0.2, log=print):
+                 min_nodes: int = 1, poll: float = 0.2, log=print):
         self.grid, self.cfg, self.model = grid, cfg, model
         self.node_timeout, self.poll, self.log = float(node_timeout), float(poll), log
         self.config_text = to_toml(cfg)
@@ -76,25 +78,26 @@ class FlowerClients:
         self.nodes: dict[int, _Node] = {}
         self._report: dict | None = None
         deadline = time.monotonic() + self.node_timeout
-        while not self._refresh():
+        while self._refresh() < max(1, int(min_nodes)):
             if time.monotonic() > deadline:
-                raise FederationError(f"no SuperNode connected to the SuperLink within "
-                                      f"{self.node_timeout:g} s; start one per device with "
+                raise FederationError(f"{len(self.nodes)} SuperNode(s) connected to the "
+                                      f"SuperLink within {self.node_timeout:g} s, the run waits "
+                                      f"for {max(1, int(min_nodes))}; start one per device with "
                                       f"`flower-supernode --node-config \"partition-id=K "
                                       f"num-partitions={cfg.data.num_clients}\" ...` "
                                       f"(docs/flower.md)")
             time.sleep(1.0)
 
     # ---- nodes ----------------------------------------------------------------------------
-    def _refresh(self) -> bool:
-        """Handshake new nodes, forget departed ones; whether any node is known."""
+    def _refresh(self) -> int:
+        """Handshake new nodes, forget departed ones; the number of nodes known."""
         ids = set(int(n) for n in self.grid.get_node_ids())
         for gone in set(self.nodes) - ids:
             del self.nodes[gone]
         new = sorted(ids - set(self.nodes))
         if new:
             self._handshake(new)
-        return bool(self.nodes)
+        return len(self.nodes)
 
     def _handshake(self, node_ids: list) -> None:
         header = {"protocol": PROTOCOL, "config": self.config_text,
