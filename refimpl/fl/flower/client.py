@@ -44,8 +44,8 @@ def node_role(node_config, num_clients: int) -> tuple[str, int]:
            f"num-partitions={num_clients}\" (serves any client)")
     has_p, has_s = "partition-id" in cfg, "slot" in cfg
     if has_p == has_s:
-        raise ValueError(f"its --node-config {cfg} has {'both' if has_p else 'neither'} "
-                         f"partition-id and slot; {how}")
+        both = "both partition-id and slot" if has_p else "neither partition-id nor slot"
+        raise ValueError(f"its --node-config {cfg} has {both}; {how}")
     n = cfg.get("num-partitions")
     if n != num_clients:
         raise ValueError(f"its --node-config says num-partitions={n!r}, this run has "

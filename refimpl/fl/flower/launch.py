@@ -55,6 +55,8 @@ TOKEN_VAR = "FEDMEF_FLOWER_TOKEN"
 APP_NAME = "fedmef-flower-app"
 _CONNECTION = "fedmef"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_BARE = re.compile(r"(INFO|DEBUG|WARNING|ERROR)\s*:\s*")  # Flower's empty log lines
+_STALE = re.compile(r"\.(?P<name>.+)\.flower-(?P<pid>\d+)-[0-9a-f]{8}")
 
 
 class FlowerRunError(RuntimeError):
@@ -246,7 +248,9 @@ class LocalFederation:
 
     def check_alive(self) -> None:
         """FlowerRunError when the SuperLink has exited. (A SuperNode that exits is the
-        ServerApp's to report: it names the client and the round that needed it.)"""
+        ServerApp's to report: it names the client and the round that needed it.) Records the
+        processes Flower started meanwhile in ``started``."""
+        self.started.update(token_processes(self.token))
         for name, p in self.procs:
             if name == "superlink" and p.poll() is not None:
                 raise FlowerRunError(f"the {name} process (PID {p.pid}) exited with code "
@@ -300,7 +304,7 @@ def _relay(p: subprocess.Popen, log, sink: Path, seen: list) -> None:
             fh.flush()
             line = _ANSI.sub("", raw.decode("utf-8", "replace")).rstrip()
             seen.append(line)
-            if line.strip():
+            if line.strip() and not _BARE.fullmatch(line):
                 log(line)
 
 
@@ -347,6 +351,24 @@ def _where(out: Path, resume: bool) -> str:
     return f"no round finished; {out} holds no new run"
 
 
+def _sweep_workspaces(out: Path) -> None:
+    """Remove the Flower workspaces of earlier runs into ``out`` whose process has ended (kept
+    for their logs after a failure)."""
+    if not out.parent.is_dir():
+        return
+    for p in out.parent.iterdir():
+        m = _STALE.fullmatch(p.name)
+        if m is None or m["name"] != out.name or not p.is_dir():
+            continue
+        try:
+            os.kill(int(m["pid"]), 0)
+            continue  # its launcher is still running
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except PermissionError:
+            continue
+
+
 def run_local(config_text: str | None, out, *, resume: bool = False, overwrite: bool = False,
               supernodes: str = "slots", num_clients: int, clients_per_round: int,
               node_timeout: float = 120.0, log=print) -> dict:
@@ -367,6 +389,7 @@ def run_local(config_text: str | None, out, *, resume: bool = False, overwrite: 
     else:
         raise ValueError(f"--supernodes must be 'slots' or 'partitions', received "
                          f"{supernodes!r}")
+    _sweep_workspaces(out)
     ws = out.parent / f".{out.name}.flower-{os.getpid()}-{secrets.token_hex(4)}"
     result = ws / "result.json"
     app = write_app(ws / "app", config_text=config_text or "", out=str(out), resume=resume,
