@@ -13,12 +13,23 @@ A thin adapter with no FedMef logic of its own:
 - :mod:`.launch`: ``fedmef run --engine flower`` on one machine (a SuperLink and SuperNodes on
   127.0.0.1, every process stopped by its PID afterwards) or against a running SuperLink.
 
-``flwr`` is imported only by :mod:`.apps`, :mod:`.messages` and :mod:`.server` (that is, inside
-Flower's own processes, or on request); importing this package does not import it. Install it
-with ``pip install 'fedmef-refimpl[flower]'`` (``flwr==1.42.0``, no Ray).
+``flwr`` is imported only by :mod:`.apps`, :mod:`.client`, :mod:`.messages` and :mod:`.server`
+(that is, inside Flower's own processes, or on request); importing this package does not import
+it. Install it with ``pip install 'fedmef-refimpl[flower]'`` (``flwr==1.42.0``, no Ray).
+
+Importing this package sets ``FLWR_TELEMETRY_ENABLED=0`` and ``FLWR_DISABLE_UPDATE_CHECK=1`` in
+the process environment unless they are set already: Flower reads them when it is first
+imported, and a process that imports Flower through this adapter then sends nothing to Flower's
+servers. Processes that Flower or a user starts get them from their environment (the launcher
+sets them; docs/flower.md tells a user to).
 """
 
 from __future__ import annotations
+
+import os
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 __all__ = ["FLWR_VERSION", "require_flwr"]
 

@@ -49,7 +49,7 @@ from ..store import atomic_write_text, list_checkpoints
 from . import FLWR_VERSION, require_flwr
 
 __all__ = ["FlowerRunError", "LocalFederation", "run_local", "submit", "write_app",
-           "TOKEN_VAR", "token_processes", "APP_NAME"]
+           "TOKEN_VAR", "token_processes", "alive", "APP_NAME"]
 
 TOKEN_VAR = "FEDMEF_FLOWER_TOKEN"
 APP_NAME = "fedmef-flower-app"
@@ -143,21 +143,36 @@ def _environ(token: str, home: Path) -> dict:
     return env
 
 
-def token_processes(token: str) -> list[int]:
-    """PIDs of the live processes whose environment holds ``TOKEN_VAR=token`` (Linux /proc;
-    zombies, which have no environment left, are not live)."""
+def token_processes(token: str) -> dict[int, tuple]:
+    """The live processes whose environment holds ``TOKEN_VAR=token`` (Linux /proc): PID ->
+    (start time in clock ticks since boot, command line). A zombie, which has no environment
+    left, is not live."""
     needle = f"{TOKEN_VAR}={token}".encode()
-    out = []
+    out = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            env = (entry / "environ").read_bytes()
+            if needle not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if needle in env.split(b"\0"):
-            out.append(int(entry.name))
-    return sorted(out)
+        start = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22 of proc(5)
+        out[int(entry.name)] = (start, " ".join(c.decode("utf-8", "replace") for c in cmd[:3]))
+    return out
+
+
+def alive(pid: int, start: int) -> bool:
+    """Whether process ``pid`` started at ``start`` (see :func:`token_processes`) is still
+    running: not gone, not a zombie, not another process that reuses its PID."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat[stat.rindex(")") + 2:].split()
+    return fields[0] != "Z" and int(fields[19]) == start
 
 
 def _signal(pids, sig) -> None:
@@ -172,15 +187,16 @@ class LocalFederation:
     """A SuperLink and SuperNodes on 127.0.0.1 in workspace ``ws`` (module docstring).
 
     ``node_configs``: one ``--node-config`` string per SuperNode. Use as a context manager:
-    :meth:`stop` runs however the block ends. ``started`` lists every PID this federation
-    saw (its own children and the token's processes) for checks after :meth:`stop`."""
+    :meth:`stop` runs however the block ends. ``seen`` holds every process this federation saw
+    (its own children and the token's processes, as :func:`token_processes` describes them),
+    for checks after :meth:`stop` (:func:`alive`)."""
 
     def __init__(self, ws: Path, node_configs: list[str], log=print):
         require_flwr()
         self.ws, self.node_configs, self.log = Path(ws), list(node_configs), log
         self.token = secrets.token_hex(16)
         self.procs: list[tuple[str, subprocess.Popen]] = []
-        self.started: set[int] = set()
+        self.seen: dict[int, tuple] = {}
         self.port = 0
 
     def __enter__(self) -> LocalFederation:
@@ -205,8 +221,13 @@ class LocalFederation:
                                  stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
                                  start_new_session=True)
         self.procs.append((name, p))
-        self.started.add(p.pid)
+        self._saw()
         return p
+
+    def _saw(self) -> dict:
+        now = token_processes(self.token)
+        self.seen.update(now)
+        return now
 
     @property
     def address(self) -> str:
@@ -249,8 +270,8 @@ class LocalFederation:
     def check_alive(self) -> None:
         """FlowerRunError when the SuperLink has exited. (A SuperNode that exits is the
         ServerApp's to report: it names the client and the round that needed it.) Records the
-        processes Flower started meanwhile in ``started``."""
-        self.started.update(token_processes(self.token))
+        processes Flower started meanwhile in ``seen``."""
+        self._saw()
         for name, p in self.procs:
             if name == "superlink" and p.poll() is not None:
                 raise FlowerRunError(f"the {name} process (PID {p.pid}) exited with code "
@@ -263,12 +284,12 @@ class LocalFederation:
                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(("flwr", p))
-        self.started.add(p.pid)
+        self._saw()
         return p
 
     def stop(self, grace: float = 15.0) -> None:
         """Stop every process of this federation by PID (module docstring) and wait for them."""
-        self.started.update(token_processes(self.token))
+        self._saw()
         order = [p for name, p in self.procs if name == "flwr"] + \
                 [p for name, p in self.procs if name.startswith("supernode")] + \
                 [p for name, p in self.procs if name == "superlink"]
@@ -283,17 +304,17 @@ class LocalFederation:
                 p.kill()
                 p.wait()
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
-            left = token_processes(self.token)
+            left = self._saw()
             if not left:
                 break
-            self.started.update(left)
             _signal(left, sig)
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline and token_processes(self.token):
                 time.sleep(0.1)
         left = token_processes(self.token)
         if left:
-            raise FlowerRunError(f"processes {left} of the Flower federation did not stop")
+            raise FlowerRunError(f"processes {sorted(left)} of the Flower federation did not "
+                                 f"stop")
 
 
 # ---- running -----------------------------------------------------------------------------------
