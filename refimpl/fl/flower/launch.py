@@ -481,6 +481,13 @@ def submit(config_text: str | None, out: str, superlink: str, *, insecure: bool 
         try:
             run_id = _submit_and_wait(fed_flwr, app, ws, log)
             status = _status(fed_flwr, run_id)
+        except KeyboardInterrupt:
+            from ..runner import RunInterrupted
+
+            msg = ("stopped following the run; it goes on on the SuperLink (see it with `flwr "
+                   "ls`, stop it with `flwr stop RUN_ID`, on a connection to the SuperLink)")
+            log(msg)
+            raise RunInterrupted(msg) from None
         finally:
             for p in children:
                 if p.poll() is None:
