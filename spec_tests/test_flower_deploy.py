@@ -115,7 +115,8 @@ def test_a_supernode_killed_mid_round_is_named_and_resume_finishes(federations, 
         while not federations:
             time.sleep(0.1)
         fed = federations[0]
-        while len(_lines(out / "transport.jsonl")) < 2:
+        tr = out / "transport.jsonl"  # the clients of rounds 1 and 2 are done
+        while not tr.exists() or tr.read_text().count("\n") < 2:
             time.sleep(0.1)
         name = next(f"supernode-{j}" for j, c in enumerate(fed.node_configs)
                     if c.startswith(f"partition-id={victim_client} "))
