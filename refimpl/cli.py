@@ -91,7 +91,8 @@ def _os_error(e: OSError) -> str:
 
 def main(argv=None) -> int:
     """The one place that turns failures into exit codes: 2 with ``fedmef CMD: error: ...`` for
-    bad input and operating-system errors (a read-only or full disk, a path that is a file), 130
+    bad input and operating-system errors (a read-only or full disk, a path that is a file), 1
+    for a run that failed (an error marked ``user_facing``: a client or a Flower run), 130
     for Ctrl-C (also inside a compiled kernel), 0 when a pipe reader stops early. Temporary
     files are removed where they are made (atomic writes, run and dump directories)."""
     from .core._jit import interrupted
@@ -108,6 +109,11 @@ def main(argv=None) -> int:
     except OSError as e:
         print(f"fedmef {args.command}: error: {_os_error(e)}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        if not getattr(e, "user_facing", False):  # a bug: keep its traceback
+            raise
+        print(f"fedmef {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except BaseException as e:
         if not interrupted(e):
             raise

@@ -9,6 +9,11 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+# Flower (the engine's tests, test_flower*.py) reads these when first imported: no telemetry,
+# no update check, in this process and every process it starts.
+os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+
 settings.register_profile(
     "default",
     deadline=None,

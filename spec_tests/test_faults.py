@@ -138,11 +138,11 @@ def test_overwrite_swaps_only_after_the_first_round(full, tmp_path, monkeypatch)
     real = R.run_round
     seen, fail = [], [True]
 
-    def watched(cfg, model, state, data, t):
+    def watched(cfg, model, state, data, t, **kw):
         seen.append((t, _digest(d) == before))
         if fail[0]:
             raise RuntimeError("the new run fails in its first round")
-        return real(cfg, model, state, data, t)
+        return real(cfg, model, state, data, t, **kw)
 
     monkeypatch.setattr(R, "run_round", watched)
     with pytest.raises(RuntimeError, match="first round"):
@@ -349,14 +349,14 @@ def test_interrupt_inside_a_numba_kernel_is_a_ctrl_c(full, tmp_path, monkeypatch
     returned a result with an exception set) caused by it."""
     real = R.run_round
 
-    def interrupted(cfg, model, state, data, t):
+    def interrupted(cfg, model, state, data, t, **kw):
         if t == 4:
             try:
                 raise KeyboardInterrupt
             except KeyboardInterrupt as e:
                 raise SystemError("CPUDispatcher(<function k>) returned a result with an "
                                   "exception set") from e
-        return real(cfg, model, state, data, t)
+        return real(cfg, model, state, data, t, **kw)
 
     monkeypatch.setattr(R, "run_round", interrupted)
     d = tmp_path / "run"

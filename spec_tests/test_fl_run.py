@@ -113,10 +113,10 @@ def test_ctrl_c_then_resume_equals_uninterrupted(full, tmp_path, monkeypatch):
 
     real = runner.run_round
 
-    def interrupted(cfg, model, state, data, t):
+    def interrupted(cfg, model, state, data, t, **kw):
         if t == 4:
             raise KeyboardInterrupt
-        return real(cfg, model, state, data, t)
+        return real(cfg, model, state, data, t, **kw)
 
     monkeypatch.setattr(runner, "run_round", interrupted)
     logs = []

@@ -51,10 +51,72 @@ def _print_pictures(out: Path) -> None:
         print(f"  {str(p):<{width}}  {what}")
 
 
+def _print_transport(out) -> None:
+    """One line on what Flower carried (transport.jsonl), when the run has that file."""
+    from .runner import human_bytes, read_metrics
+
+    recs = read_metrics(Path(out) / "transport.jsonl")
+    if not recs:
+        return
+    tot = {k: sum(r[k] for r in recs) for k in ("payload_down", "ledger_down", "mask_resend",
+                                                   "payload_up", "ledger_up", "framing_down",
+                                                   "framing_up", "seconds")}
+    print(f"Flower carried {human_bytes(tot['payload_down'])} down (ledger "
+          f"{human_bytes(tot['ledger_down'])} + {human_bytes(tot['mask_resend'])} resent masks) "
+          f"and {human_bytes(tot['payload_up'])} up (ledger {human_bytes(tot['ledger_up'])}) in "
+          f"{len(recs)} round(s), {tot['seconds'] / len(recs):.1f} s per round; its framing "
+          f"{human_bytes(tot['framing_down'])} down, {human_bytes(tot['framing_up'])} up "
+          f"({Path(out) / 'transport.jsonl'})")
+
+
+_FLOWER_ONLY = ("superlink", "root_certificates", "insecure", "min_nodes")
+
+
+def _cmd_run_flower(args) -> int:
+    """``fedmef run --engine flower``: on Flower SuperNodes (refimpl.fl.flower.launch)."""
+    from .config import load_config, to_toml
+    from .flower import launch
+
+    if args.resume is not None:
+        if args.preset or args.config or args.set or args.out or args.overwrite:
+            raise ValueError("--resume DIR continues the run in DIR with its own config.toml; "
+                             "it takes no --preset, --config, --set, --out or --overwrite")
+        out, text = args.resume, None
+        cfg = load_config(path=Path(out) / "config.toml") if args.superlink is None else None
+    else:
+        preset = args.preset if (args.preset or args.config) else "demo"
+        cfg = load_config(preset, args.config, args.set)
+        out, text = args.out or f"runs/{cfg.run.method}", to_toml(cfg)
+    if args.superlink is not None:
+        status = launch.submit(text, out, args.superlink, insecure=args.insecure,
+                               root_certificates=args.root_certificates,
+                               resume=args.resume is not None, overwrite=args.overwrite,
+                               node_timeout=args.node_timeout, min_nodes=args.min_nodes or 1)
+        print(f"\nFlower {status}; the run directory is {out} on the SuperLink's machine")
+        return 0
+    if args.insecure or args.root_certificates or args.min_nodes is not None:
+        raise ValueError("--insecure, --root-certificates and --min-nodes go with --superlink "
+                         "(a federation started elsewhere); on one machine fedmef starts its "
+                         "own on 127.0.0.1")
+    summary = launch.run_local(text, out, resume=args.resume is not None,
+                               overwrite=args.overwrite, supernodes=args.supernodes,
+                               num_clients=cfg.data.num_clients,
+                               clients_per_round=cfg.train.clients_per_round,
+                               node_timeout=args.node_timeout)
+    _print_summary(summary, out)
+    _print_transport(out)
+    return 0
+
+
 def _cmd_run(args) -> int:
     from .config import key_table, load_config, to_toml
     from .runner import run
 
+    if args.engine == "flower" and not (args.keys or args.show_config):
+        return _cmd_run_flower(args)
+    given = [f"--{k.replace('_', '-')}" for k in _FLOWER_ONLY if getattr(args, k)]
+    if args.engine == "local" and given:
+        raise ValueError(f"{', '.join(given)} go with --engine flower")
     if args.keys:
         for key, default, doc in key_table():
             print(f"{key:<26} {json.dumps(default):<24} {doc}")
@@ -117,6 +179,26 @@ def add_parser(subparsers) -> None:
     r.add_argument("--show-config", action="store_true",
                    help="print the resolved configuration as TOML and exit")
     r.add_argument("--keys", action="store_true", help="list every configuration key and exit")
+    f = r.add_argument_group("engine", "where the clients train (results do not depend on it; "
+                             "docs/flower.md)")
+    f.add_argument("--engine", choices=("local", "flower"), default="local",
+                   help="local: in this process; flower: on Flower SuperNodes (needs the "
+                   "extra fedmef-refimpl[flower])")
+    f.add_argument("--supernodes", choices=("slots", "partitions"), default="slots",
+                   help="--engine flower on this machine: one SuperNode per client sampled per "
+                   "round (slots), or one per client partition, as devices")
+    f.add_argument("--node-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="--engine flower: how long the server waits for a SuperNode that "
+                   "serves a sampled client")
+    f.add_argument("--superlink", metavar="HOST:PORT", default=None,
+                   help="--engine flower: submit to this running SuperLink (its SuperNodes run "
+                   "on the devices) instead of starting a federation here")
+    f.add_argument("--root-certificates", metavar="CA.pem", default=None,
+                   help="with --superlink: the CA certificate of the SuperLink's TLS")
+    f.add_argument("--insecure", action="store_true",
+                   help="with --superlink: the SuperLink runs without TLS (--insecure)")
+    f.add_argument("--min-nodes", type=int, default=None, metavar="N",
+                   help="with --superlink: SuperNodes to wait for before the first round")
     r.set_defaults(func=_cmd_run)
 
     c = subparsers.add_parser("compare", help="print a table comparing run directories")

@@ -4,12 +4,19 @@ in extrusion rounds (BAE-2..BAE-4) and growth scores in adjustment rounds (PG-5)
 A client is stateless between rounds: it starts from the broadcast global model and a fresh
 optimizer (momentum buffers live for one round), so a round depends only on the global state
 and the RNG-1 streams of (round, client).
+
+Where the clients of a round run is a :class:`ClientExecutor`: it receives the round's
+:class:`RoundTask` (what the server broadcasts) and returns one :class:`ClientUpdate` per sampled
+client. :class:`LocalClients` runs them in this process, one after the other; the Flower engine
+(:mod:`refimpl.fl.flower`) sends each to a SuperNode whose ClientApp runs :class:`LocalClients`
+on its one client. Nothing else differs between engines (:mod:`refimpl.fl.engine`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -25,7 +32,8 @@ from .data import FedData
 from .nets import effective_model, run_options, weight_scores
 from .observe import LocalStep, Observer
 
-__all__ = ["RoundPlan", "ClientUpdate", "local_train", "growth_scores", "num_iterations"]
+__all__ = ["RoundPlan", "ClientUpdate", "RoundTask", "ClientExecutor", "LocalClients",
+           "ClientError", "local_train", "growth_scores", "num_iterations"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,68 @@ class ClientUpdate:
     activation_bytes: int  # tape residual bytes after the round's first forward (MEM-2)
     max_lr: float  # largest step size used (μ_τ in extrusion rounds, else η_t)
     growth: list | None = field(default=None)  # per layer (flat indices, values) (PG-5)
+
+
+@dataclass(frozen=True)
+class RoundTask:
+    """What the server broadcasts in round t (FL-1): one global model and one plan for every
+    sampled client, and per client whether its download carries the mask bitmaps (MEM-4: a
+    client that does not hold the current mask receives it).
+
+    ``clients``: the sampled clients, ascending; ``send_mask[i]`` belongs to ``clients[i]``.
+    ``mask_version`` counts the prune-and-grow steps that changed a mask (docs/federated.md).
+    The arrays are the server's own (read-only for an executor).
+    """
+
+    t: int
+    clients: tuple
+    params: dict
+    buffers: dict
+    masks: dict | None
+    mask_version: int
+    plan: RoundPlan
+    send_mask: tuple
+
+
+class ClientError(RuntimeError):
+    """The update of ``client`` in round ``t`` could not be obtained: its device failed, went
+    offline, or answered with something that does not fit the round. The message names both;
+    the run stops with its last checkpoint intact (``fedmef run --resume`` continues)."""
+
+    user_facing = True  # `fedmef` prints the message, not a traceback
+
+    def __init__(self, t: int, client: int, reason: str):
+        super().__init__(f"round {t}: client {client}: {reason}")
+        self.t, self.client, self.reason = t, client, reason
+
+
+class ClientExecutor(Protocol):
+    """Where the clients of a round compute their updates: the only part of a round that an
+    execution engine changes (:func:`refimpl.fl.engine.run_round`)."""
+
+    def train(self, task: RoundTask) -> list[ClientUpdate]:
+        """One update per client of ``task.clients`` (any order; aggregation sorts by id,
+        AGG-1). A client that cannot deliver raises :class:`ClientError`."""
+
+    def round_report(self) -> dict | None:
+        """What the transport of the last :meth:`train` carried (bytes, time), for the run's
+        ``transport.jsonl``; None when nothing left this process."""
+
+
+class LocalClients:
+    """The clients of a round in this process, one after the other in ascending id, each with
+    :func:`local_train` on the broadcast arrays (``observer`` sees every step)."""
+
+    def __init__(self, model: models.Model, data: FedData, cfg: Config,
+                 observer: Observer | None = None):
+        self.model, self.data, self.cfg, self.observer = model, data, cfg, observer
+
+    def train(self, task: RoundTask) -> list[ClientUpdate]:
+        return [local_train(self.model, task.params, task.buffers, task.masks, self.data, int(k),
+                            task.plan, self.cfg, self.observer) for k in task.clients]
+
+    def round_report(self) -> dict | None:
+        return None
 
 
 def num_iterations(n: int, cfg: Config) -> int:

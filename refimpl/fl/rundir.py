@@ -49,6 +49,7 @@ RUN_FORMAT = "fedmef-run/1"
 RUN_FILES = {
     MARKER: None, "config.toml": None, "partition.json": None, "partition.txt": None,
     "partition.png": None, "metrics.jsonl": None, "summary.json": None, "model.npz": None,
+    "transport.jsonl": None,
     "checkpoints": re.compile(r"round_\d+\.npz"),
     "plots": re.compile(r"[\w.-]+\.(png|svg|pdf)"),
 }

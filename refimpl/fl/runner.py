@@ -12,6 +12,11 @@ Run directory layout (docs/federated.md has the schemas)::
     model.npz          final global model: param/<name>, buffer/<name>, mask/<name>
     summary.json       final results and wall time
     plots/             accuracy.png, loss.png, memory.png (refimpl.fl.plots)
+    transport.jsonl    per round, what a non-local engine carried (refimpl.fl.flower); absent
+                       for the local engine
+
+Where the clients compute their updates is the ``clients`` argument of :func:`run` (a factory of
+a :class:`~refimpl.fl.client.ClientExecutor`); everything else is this module and the engine.
 
 How the directory is recognised, locked, built beside and swapped in: :mod:`.rundir`.
 """
@@ -28,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core._jit import interrupted
+from .client import ClientError, LocalClients
 from .config import Config, load_config, to_toml
 from .data import load_fed_data
 from .engine import run_round
@@ -236,6 +242,19 @@ def _postfix(rec: dict, acc) -> dict:
             "act": human_bytes(rec["activation_bytes"])}
 
 
+def _log_transport(work: Path, executor) -> None:
+    """Append the executor's report of the round, if any, to transport.jsonl (a log of what
+    the transport carried and how long it took: not part of the run's deterministic bytes)."""
+    report = executor.round_report()
+    if report is None:
+        return
+    line = (json.dumps(_jsonable(report)) + "\n").encode("utf-8")
+    path = work / "transport.jsonl"
+    with naming(path), open(path, "ab") as fh:
+        fh.write(line)
+        fh.flush()
+
+
 @contextmanager
 def _threads(n: int):
     """Run with ``n`` Numba threads (0: unchanged), restoring the previous count after."""
@@ -284,7 +303,7 @@ class _Where:
 
 def run(cfg: Config | None, out, *, resume: bool = False, overwrite: bool = False,
         progress: bool = True, stop_after: int | None = None, plots: bool = True,
-        log=print) -> dict:
+        log=print, clients=None) -> dict:
     """Run (or resume) a federated run into directory ``out``; return the summary.
 
     ``resume=True`` reads ``out/config.toml`` (``cfg`` must be None) and continues from the
@@ -296,8 +315,14 @@ def run(cfg: Config | None, out, *, resume: bool = False, overwrite: bool = Fals
     ``plots=False`` skips the PNG files (they take a second or two); a picture that cannot be
     drawn is reported in one ``log`` line and the run goes on.
 
+    ``clients(cfg, model, data)`` makes the :class:`~refimpl.fl.client.ClientExecutor` that
+    computes the clients' updates (default: :class:`~refimpl.fl.client.LocalClients`, this
+    process); it is called once the configuration, data and model are known. A non-None
+    ``round_report()`` of the executor is appended to ``transport.jsonl`` after each round.
+
     Ctrl-C (also inside a compiled kernel) logs what the directory holds and how to continue,
-    then raises :class:`RunInterrupted` (a KeyboardInterrupt).
+    then raises :class:`RunInterrupted` (a KeyboardInterrupt). An operating-system error or a
+    failed client (:class:`~refimpl.fl.client.ClientError`) logs the same and is raised again.
     """
     out = Path(out)
     if out.is_symlink():  # the directory it points to is the run (its lock and swap are there)
@@ -308,19 +333,19 @@ def run(cfg: Config | None, out, *, resume: bool = False, overwrite: bool = Fals
     try:
         with ExitStack() as stack:
             return _run(stack, where, cfg, out, resume, overwrite, progress, stop_after, plots,
-                        log)
+                        log, clients)
     except BaseException as e:
         if interrupted(e):
             msg = where.interrupted()
             log(msg)
             raise RunInterrupted(msg) from None
-        if isinstance(e, OSError):
+        if isinstance(e, (OSError, ClientError)):
             log(where.stopped())
         raise
 
 
 def _run(stack: ExitStack, where: _Where, cfg, out: Path, resume, overwrite, progress,
-         stop_after, plots, log) -> dict:
+         stop_after, plots, log, make_clients) -> dict:
     from tqdm import tqdm
 
     if resume:
@@ -373,6 +398,8 @@ def _run(stack: ExitStack, where: _Where, cfg, out: Path, resume, overwrite, pro
         atomic_write_bytes(work / "metrics.jsonl", b"")
         state, records, kept = initial, [], b""
     _write_partition(work, data, plots, log)
+    executor = (make_clients(cfg, model, data) if make_clients is not None
+                else LocalClients(model, data, cfg))
 
     density = "dense" if state.masks is None else f"density {cfg.sparse.density:g}"
     log(f"{cfg.run.method} on {data.name}: {cfg.data.num_clients} clients, "
@@ -388,7 +415,8 @@ def _run(stack: ExitStack, where: _Where, cfg, out: Path, resume, overwrite, pro
     try:
         with _threads(cfg.run.threads), open(work / "metrics.jsonl", "ab") as mf:
             for t in range(start + 1, last + 1):
-                state, rec = run_round(cfg, model, state, data, t)
+                state, rec = run_round(cfg, model, state, data, t, clients=executor)
+                _log_transport(work, executor)
                 rec = _jsonable(rec)
                 line = (json.dumps(rec) + "\n").encode("utf-8")
                 with naming(work / "metrics.jsonl"):
