@@ -13,6 +13,7 @@ from __future__ import annotations
 from ..fl.config import Config, compat_keys
 from ..functional import NSCONV_EPS
 from ..memory_arena import arena_plan, c_header
+from ..models.graph import ResidualBlock
 
 __all__ = ["port_header", "check_port_config"]
 
@@ -47,6 +48,9 @@ def port_header(cfg: Config, model, input_shape) -> str:
     """The plan header (a C99 header, docs/porting.md) of the scenario ``cfg`` with ``model`` on
     inputs of ``input_shape`` (C, H, W)."""
     check_port_config(cfg)
+    if any(isinstance(layer, ResidualBlock) for layer in model.layers):
+        raise ValueError(f"the C port runs plain layer chains (the cnn); model "
+                         f"{cfg.model.name!r} has residual blocks (docs/porting.md)")
     classes = model.layers[-1].out_features
     plan = arena_plan(model, tuple(input_shape), cfg.train.batch_size,
                       density=cfg.sparse.density, density_kind=cfg.sparse.density_kind,
