@@ -98,6 +98,26 @@ def test_sanitized_run_is_clean_and_identical(port):
         assert a[k].tobytes() == b[k].tobytes(), k
 
 
+def test_momentum_weight_decay_index_cache_and_l2_penalty(tmp_path):
+    """The other configured paths of the client: SGD with momentum and weight decay (LT-1, the
+    momentum buffers in the arena), the index cache format (CACHE-1) and the l2 penalty
+    (BAE-2): conformant, and the arena (now with momentum) is still exact."""
+    sets = F32 + ("train.momentum=0.9", "train.weight_decay=0.0005", "sap.cache_policy=index",
+                  "bae.variant=l2")
+    ref = tmp_path / "reference"
+    export(ref, sets, npz=False, c_header=tmp_path / "plan.h")
+    header = (tmp_path / "plan.h").read_text()
+    assert "#define FM_PLAN_MOMENTUM 1" in header and ":momentum" in header
+    run = _run(_build(tmp_path / "plan.h", tmp_path / "build", sanitize=False), ref,
+               tmp_path / "port.bin")
+    report = check_dumps(Dump.open(tmp_path / "port.bin", need_manifest=False), Dump.open(ref),
+                         kinds=("local", "growth"))
+    assert report.ok, report.format()
+    tensors, _ = binfile.read(str(tmp_path / "port.bin"))
+    assert int(tensors["r1_c0_s0/sap/conv1/format"]) == 2  # index
+    assert run["arena_bytes"] == run["peak_live"] == run["high_water"] > 5925
+
+
 def test_arena_equals_the_ledger_to_the_byte(port):
     """MEM-5: the header's arena is the ledger's training peak for the scenario's model, batch,
     density and gamma; the port's largest sum of open buffers and its highest byte equal it."""

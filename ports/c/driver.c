@@ -22,7 +22,7 @@ static union {
 } arena;
 
 /* host memory of the dump (the recorder's copies, not the port's state) */
-#define DUMP_BYTES (64u << 20)
+#define DUMP_BYTES (16u << 20)
 #define DUMP_TENSORS 16384
 static unsigned char dump_pool[DUMP_BYTES];
 static tf_entry dump_entries[DUMP_TENSORS];
