@@ -231,3 +231,24 @@ def test_arena_of_the_sram_table_packs_exactly(batch, density, gamma):
         assert sum(b.nbytes for b in live) == plan.events[e]["live"] <= plan.nbytes
     assert all(b.offset % b.align == 0 for b in plan.buffers)
     assert math.prod(plan.grad_region) > 0
+
+
+def test_porting_doc_figures_are_the_ledgers(port):
+    """docs/porting.md: the SRAM table is the ledger's training peak, and the tolerance the
+    manifest's derivation (no hand-typed figure drifts)."""
+    doc = (ROOT / "docs" / "porting.md").read_text("utf-8")
+    rows = [line.split("|")[1:-1] for line in doc.splitlines()
+            if line.count("|") == 7 and line.split("|")[1].strip().replace(".", "").isdigit()]
+    assert len(rows) == len(SRAM_TABLE)
+    for cells in rows:
+        d, g, b, peak, kib, fits = (c.strip() for c in cells)
+        want = M.ledger("cnn", (1, 28, 28), int(b), density=float(d),
+                        gamma=float(g)).totals["training_peak"]
+        assert int(peak.replace(",", "")) == want
+        assert int(kib.replace(",", "")) == math.ceil(want / 1024)
+        size = next(s for s in (2 ** k for k in range(20)) if s * 1024 >= want)
+        assert fits == (f"{size // 1024} MiB" if size >= 1024 else f"{size} KiB")
+    tol = json.loads((port["ref"] / "manifest.json").read_text())["tolerance"]["float32"]
+    assert f"**rtol = {tol['rtol']:.2e}**" in doc
+    assert f"| {tol['forward']} |" in doc and f"| {tol['backward']} |" in doc
+    assert f"{port['plain']['arena_bytes']:,} bytes" in doc
