@@ -240,10 +240,11 @@ def _assign(buffers: list[ArenaBuffer], peak: int, n_fwd: int, last: int,
     if not place(0):
         raise ArenaError(
             f"arena: no exact packing of the {len(buffers)} buffers into the training peak of "
-            f"{peak} bytes was found within {budget} search nodes. The planner packs the SAP "
-            f"configurations of docs/porting.md (gamma > 0, policy auto or bitmap); for this "
-            f"one it cannot guarantee arena == peak, so it emits nothing (docs/porting.md, "
-            f"'The arena')")
+            f"{peak} bytes was found within {budget} search nodes, so no arena equal to the "
+            f"ledger's peak can be emitted for this configuration. Packed exactly: the SAP "
+            f"configurations listed in docs/porting.md, 'The arena' (gamma > 0 with a chain "
+            f"model); not packed: gamma 0 (the caches are the layer inputs), some index-policy "
+            f"cases and residual models")
     return nodes[0], (grad0 if grad0 is not None else lo, grad1 if grad1 is not None else lo)
 
 
