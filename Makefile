@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --disable-pip-version-check -q
 JOBS   ?= 2
 
-.PHONY: demo test lint bench experiments rules mutants clean-venv
+.PHONY: demo test lint bench experiments rules mutants port clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,18 @@ rules: $(VENV)/.runtime
 # (not part of `make test`; 10-20 minutes on 2 cores; see docs/testing.md)
 mutants: $(VENV)/.test
 	$(PY) -m spec_tests.mutants
+
+# The C99 port (ports/c, docs/porting.md): export the float32 scenario with its plan header,
+# build the port, run it on the export and check its dump step by step.
+PORT_DIR := build/port
+port: $(VENV)/.runtime
+	rm -rf $(PORT_DIR) && mkdir -p $(PORT_DIR)
+	$(VENV)/bin/fedmef conformance export $(PORT_DIR)/reference --set run.dtype=float32 \
+		--bin-only --c-header $(PORT_DIR)/fedmef_plan.h
+	$(MAKE) -C ports/c PLAN=$(abspath $(PORT_DIR))/fedmef_plan.h BUILD=$(abspath $(PORT_DIR))
+	$(PORT_DIR)/fedmef_port $(PORT_DIR)/reference/conformance.bin $(PORT_DIR)/port.bin
+	$(VENV)/bin/fedmef conformance check $(PORT_DIR)/port.bin --against $(PORT_DIR)/reference \
+		--steps local,growth
 
 clean-venv:
 	rm -rf $(VENV)

@@ -47,8 +47,8 @@ dtype=, momentum=, nsconv_stats=, loss=)` computes, from the model definition an
 alone (never running the model), the bytes of every category below, per layer, and the
 liveness timeline of one training step whose maximum is the training peak. On the command line:
 `fedmef memory --model resnet18 --input 3x32x32 --batch 64 --density 0.1 --gamma 0.7
---policy auto [--json] [--timeline] [--plot FILE] [--measure] [--budget 64MiB]`. All figures
-are exact integers of bytes; MiB = 2^20, KiB = 2^10.
+--policy auto [--json] [--timeline] [--plot FILE] [--measure] [--budget 64MiB]
+[--emit-c-header FILE]`. All figures are exact integers of bytes; MiB = 2^20, KiB = 2^10.
 
 ## How the ledger knows: a dry trace of the model's own forward
 
@@ -114,6 +114,12 @@ and the buffers live there (`fedmef memory` prints them; `--timeline` lists ever
 gradients and optimizer state is kept under the name that says what it is,
 `footprint_with_gradients`: it is no peak (it leaves out the layer outputs of the forward and
 the cotangents of the backward).
+
+The timeline is a plan a port can follow literally: `fedmef memory ... --emit-c-header FILE`
+(`refimpl/memory_arena.py`) gives every buffer of the step, the always-live tensors split per
+parameter, a fixed offset in one arena whose size is `training_peak` to the byte, and writes
+them, with the events, as a C header; the C port of `ports/c` runs in that arena and measures
+its peak of open bytes and its high-water mark equal to it (docs/porting.md, "The arena").
 
 Workspace per kernel (the lean kernels a port implements; `refimpl/ops/conv.py`):
 
@@ -212,7 +218,8 @@ parameters and running statistics); `mask_bitmap` = Σ ceil(N_l/8), sent when th
  "timeline": {"persistent": {weights_sparse, gradients, optimizer_state, data_batch: int},
               "events": [{index, phase (fwd|bwd), scope, op, live: int bytes}, ...],
               "buffers": [{name, kind (output|residual|cotangent|workspace), bytes, born,
-                           died}, ...],
+                           died, op (the primitive of its node), dtype (null: workspace)},
+                          ...],
               "peak": {bytes, event: {...}, live: [{name, kind, bytes}, ...]}},
  "budget": {budget, of, largest_batch},      (only with --budget)
  "measured": {peak, state}}                  (only with --measure: MEM-6)
@@ -220,8 +227,9 @@ parameters and running statistics); `mask_bitmap` = Σ ceil(N_l/8), sent when th
 
 Version 2 replaced the old `training_peak` (a sum) by the MEM-5 maximum, renamed the sum
 `footprint_with_gradients`, dropped `training_peak_dense` (MEM-6 measures what this
-implementation takes) and added `timeline`. Keys are only ever added within a schema version;
-a removal or a change of meaning bumps it.
+implementation takes) and added `timeline`; `op` and `dtype` of a timeline buffer were added
+within version 2. Keys are only ever added within a schema version; a removal or a change of
+meaning bumps it.
 """
 
 

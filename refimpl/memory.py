@@ -286,7 +286,9 @@ def liveness(trace: DryTrace, persistent: dict[str, int]) -> dict:
 
     ``persistent``: name -> bytes always live (sparse weights, gradients, optimizer state, the
     data batch). Returns a dict with ``events`` (each with the live bytes during it), ``buffers``
-    and the ``peak`` (bytes, event, and the buffers live there).
+    (each: name, kind, bytes, born, died, ``op`` the primitive of the node it belongs to (for a
+    cotangent: the node that produced the value), ``dtype`` its element type, None for a
+    workspace) and the ``peak`` (bytes, event, and the buffers live there).
     """
     tape = trace.tape
     nodes = tape.nodes
@@ -308,9 +310,10 @@ def liveness(trace: DryTrace, persistent: dict[str, int]) -> dict:
 
     buffers: list[dict] = []
 
-    def add(name, kind, nbytes, born, died):
+    def add(name, kind, nbytes, born, died, op, dtype=None):
         buffers.append({"name": name, "kind": kind, "bytes": int(nbytes), "born": born,
-                        "died": died})
+                        "died": died, "op": op,
+                        "dtype": None if dtype is None else np.dtype(dtype).name})
         return buffers[-1]
 
     # outputs (a reshape's output aliases its input buffer)
@@ -323,7 +326,7 @@ def liveness(trace: DryTrace, persistent: dict[str, int]) -> dict:
             owner[node.out] = owner[src]
             continue
         owner[node.out] = add(f"{node.scope}/{node.prim.name}:out", "output",
-                              node.plan.out.nbytes, i, i)
+                              node.plan.out.nbytes, i, i, node.prim.name, node.plan.out.dtype)
     for i, node in enumerate(nodes):  # forward uses extend an output's life
         for v in node.inputs:
             if v in owner:
@@ -353,20 +356,25 @@ def liveness(trace: DryTrace, persistent: dict[str, int]) -> dict:
             b = residual.get(id(buf))
             if b is None:
                 residual[id(buf)] = add(f"{node.scope}/{node.prim.name}:{path}", "residual",
-                                        buf.nbytes, i, release)
+                                        buf.nbytes, i, release, node.prim.name, buf.dtype)
             else:
                 b["died"] = max(b["died"], release)
     # workspace
     for i, node in enumerate(nodes):
         for name, nbytes in node.plan.fwd_workspace.items():
-            add(f"{node.scope}/{node.prim.name}:{name}", "workspace", nbytes, i, i)
+            add(f"{node.scope}/{node.prim.name}:{name}", "workspace", nbytes, i, i,
+                node.prim.name)
         if i in bwd_event:
             e = bwd_event[i]
             for name, nbytes in node.plan.vjp_workspace.items():
-                add(f"{node.scope}/{node.prim.name}.vjp:{name}", "workspace", nbytes, e, e)
+                add(f"{node.scope}/{node.prim.name}.vjp:{name}", "workspace", nbytes, e, e,
+                    node.prim.name)
     # cotangents
-    ct = {trace.out.id: add(f"{nodes[producer[trace.out.id]].scope}:grad", "cotangent",
-                            trace.out.value.nbytes, n, n)} if order else {}
+    ct = {}
+    if order:
+        seed = nodes[producer[trace.out.id]]
+        ct[trace.out.id] = add(f"{seed.scope}:grad", "cotangent", trace.out.value.nbytes, n, n,
+                               seed.prim.name, trace.out.value.dtype)
     for i in order:
         node, e = nodes[i], bwd_event[i]
         mine = ct.get(node.out)
@@ -381,7 +389,8 @@ def liveness(trace: DryTrace, persistent: dict[str, int]) -> dict:
             if v not in ct:
                 spec = tape._shapes[v]
                 ct[v] = add(f"{nodes[producer[v]].scope}:grad", "cotangent",
-                            math.prod(spec[0]) * np.dtype(spec[1]).itemsize, e, e)
+                            math.prod(spec[0]) * np.dtype(spec[1]).itemsize, e, e,
+                            nodes[producer[v]].prim.name, spec[1])
     base = sum(persistent.values())
     live = [base] * len(events)
     for b in buffers:

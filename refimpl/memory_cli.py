@@ -2,6 +2,7 @@
 
     fedmef memory --model resnet18 --input 3x32x32 --batch 64 --density 0.1 --gamma 0.7 \\
         --policy auto [--json] [--timeline] [--plot FILE] [--measure] [--budget BYTES]
+        [--emit-c-header FILE]
 
 prints a per-layer table, the totals in bytes and MiB and the training peak (MEM-5) with the
 event where it occurs and the buffers live there (or the ledger's JSON, schema in
@@ -9,7 +10,9 @@ docs/memory.md). ``--timeline`` lists every event of the step with its live byte
 draws live bytes against the step's events with the peak marked; ``--measure`` runs one real
 step and reports this implementation's own peak (MEM-6) beside the ledger's. ``--budget``
 answers the largest batch whose training peak (or, with ``--budget-of footprint``, paper-style
-footprint) fits.
+footprint) fits. ``--emit-c-header FILE`` writes the plan header of a lean port
+(:mod:`refimpl.memory_arena`): every buffer of the step at a fixed offset in one arena whose size
+is the training peak to the byte (docs/porting.md).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import numpy as np
 
 from . import memory as M
 from .cli import positive_float, positive_int
+from .fl.store import atomic_write_text
+from .memory_arena import arena_plan, c_header
 from .sap import POLICIES
 from .sparsity import KINDS
 
@@ -156,6 +161,12 @@ def _cmd_memory(args) -> int:
         measured = M.measure_step(args.model, shape, args.batch, **kw)
     if args.plot:
         save_timeline_plot(ledger, args.plot)
+    if args.emit_c_header:
+        plan = arena_plan(args.model, shape, args.batch, loss=not args.no_loss, **kw)
+        atomic_write_text(args.emit_c_header, c_header(
+            plan, comment=f"fedmef memory --model {args.model} --input {args.input} --batch "
+                          f"{args.batch} --density {args.density} --gamma {args.gamma} "
+                          f"--policy {args.policy}"))
     answer = None
     if args.budget is not None:
         budget = parse_bytes(args.budget)
@@ -185,6 +196,9 @@ def _cmd_memory(args) -> int:
         print(_timeline(ledger))
     if args.plot:
         print(f"timeline plot: {args.plot}")
+    if args.emit_c_header:
+        print(f"C plan header: {args.emit_c_header} (one arena of {plan.nbytes:,} bytes = the "
+              f"training peak, {len(plan.buffers)} buffers at fixed offsets)")
     if answer is not None:
         print()
         n = answer["largest_batch"]
@@ -225,4 +239,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--budget", default=None,
                    help="bytes available (e.g. 64MiB): print the largest batch that fits")
     p.add_argument("--budget-of", default="training_peak", choices=("training_peak", "footprint"))
+    p.add_argument("--emit-c-header", default=None, metavar="FILE",
+                   help="write the plan header of a lean port: every buffer of the step at a "
+                   "fixed offset in one arena of exactly the training peak (docs/porting.md)")
     p.set_defaults(func=_cmd_memory)

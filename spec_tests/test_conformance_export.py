@@ -233,9 +233,6 @@ def test_scenario_guards():
         scenario.scenario_config(["sparse.delta_t=3"])
     with pytest.raises(ValueError, match="records every layer's SAP cache: keep sap.gamma > 0"):
         scenario.scenario_config(["sap.gamma=0.0", "sap.cache_policy=dense"])
-    with pytest.raises(ValueError, match="handles plain layer chains; model 'resnet8' has "
-                                         "residual blocks"):
-        scenario.build(scenario.scenario_config(["model.name=resnet8"]))
     with pytest.raises(ConfigError, match="unknown key"):
         scenario.scenario_config(["bae.ramp=1"])
 

@@ -18,7 +18,10 @@ import numpy as np
 
 from .dump import Dump, DumpError
 
-__all__ = ["Divergence", "StepResult", "Report", "compare_array", "check_dumps"]
+__all__ = ["Divergence", "StepResult", "Report", "compare_array", "check_dumps", "STEP_KINDS"]
+
+#: The kinds of steps a dump holds (docs/conformance.md, "Steps").
+STEP_KINDS = ("inputs", "init", "round_start", "local", "growth", "server")
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ class Report:
     reference: str
     candidate: str
     steps: list[StepResult] = field(default_factory=list)
+    kinds: tuple | None = None  # the step kinds compared (None: every step)
+    skipped: int = 0  # reference steps of other kinds, not compared
 
     @property
     def ok(self) -> bool:
@@ -96,6 +101,9 @@ class Report:
                 lines.append(f"ok       {s.name}{s.where}: {s.compared} quantities, worst float "
                              f"rel err {s.worst_rel:.1e}")
         keys = sum(s.compared for s in self.steps)
+        if self.kinds is not None:
+            lines.append(f"compared the steps of kind {', '.join(self.kinds)}; {self.skipped} "
+                         f"steps of other kinds not compared")
         if self.ok:
             lines.append(f"OK: {len(self.steps)} steps, {keys} quantities match (worst float "
                          f"relative error {self.worst_rel:.1e})")
@@ -180,8 +188,10 @@ def _check_step(entry: dict, quantities: dict, ref: dict, got: dict | None) -> S
     return StepResult(name, entry, first, n_bad, len(entry["keys"]), worst)
 
 
-def check_dumps(candidate: Dump, reference: Dump) -> Report:
-    """Compare every step the reference's manifest lists (see the module docstring)."""
+def check_dumps(candidate: Dump, reference: Dump, kinds=None) -> Report:
+    """Compare every step the reference's manifest lists (see the module docstring), or with
+    ``kinds`` only the steps of those kinds (a port of one part of the run, e.g. the client's
+    ``local`` and ``growth`` steps)."""
     m = reference.manifest
     if m is None:
         raise DumpError(f"reference {str(reference.path)!r} has no manifest")
@@ -191,8 +201,12 @@ def check_dumps(candidate: Dump, reference: Dump) -> Report:
                         f"configuration than the reference {str(reference.path)!r}; compare "
                         f"dumps of the same scenario (see scenario.sets in the manifests)")
     report = Report(f"{reference.path} ({reference.source})",
-                    f"{candidate.path} ({candidate.source})")
+                    f"{candidate.path} ({candidate.source})",
+                    kinds=tuple(kinds) if kinds is not None else None)
     for entry in m["steps"]:
+        if kinds is not None and entry.get("kind") not in kinds:
+            report.skipped += 1
+            continue
         ref = reference.load(entry)
         if ref is None:
             raise DumpError(f"reference {str(reference.path)!r} lacks step {entry['name']} "

@@ -18,7 +18,8 @@ def _cmd_export(args) -> int:
     from .dump import BINFILE, MANIFEST, STEPS
     from .export import export
 
-    manifest = export(args.dir, args.set, overwrite=args.overwrite, npz=not args.bin_only)
+    manifest = export(args.dir, args.set, overwrite=args.overwrite, npz=not args.bin_only,
+                      c_header=args.c_header)
     out = Path(args.dir)
     keys = sum(len(s["keys"]) for s in manifest["steps"])
     sc = manifest["scenario"]
@@ -28,19 +29,23 @@ def _cmd_export(args) -> int:
     for name in (MANIFEST, STEPS, BINFILE):
         if (out / name).exists():
             print(f"  {out / name}  {_size(out / name) / 1024:.0f} KiB")
+    if args.c_header:
+        print(f"  {args.c_header}  the C port's plan header (docs/porting.md)")
     return 0
 
 
-def run_check(directory, against=None, verbose: bool = False, out=print) -> int:
+def run_check(directory, against=None, verbose: bool = False, out=print, kinds=None) -> int:
     """Compare the dump in ``directory`` with ``against`` (a dump directory or .bin file), or
-    with a fresh export of the same scenario; print the report; 0 on a match, 1 otherwise."""
+    with a fresh export of the same scenario; print the report; 0 on a match, 1 otherwise.
+    ``kinds``: compare only the steps of these kinds (e.g. ``("local", "growth")`` for a port
+    of the client)."""
     from .check import check_dumps
     from .dump import Dump, DumpError
     from .export import export
 
     candidate = Dump.open(directory, need_manifest=against is None)
     if against is not None:
-        report = check_dumps(candidate, Dump.open(against))
+        report = check_dumps(candidate, Dump.open(against), kinds)
     else:
         sets = _manifest_sets(candidate)
         with tempfile.TemporaryDirectory(prefix="fedmef-conformance-") as tmp:
@@ -51,7 +56,7 @@ def run_check(directory, against=None, verbose: bool = False, out=print) -> int:
                 raise DumpError(f"{_manifest_name(candidate)}: its scenario.sets {sets} cannot "
                                 f"be exported: {e}; fix the manifest or pass --against REF"
                                 ) from None
-            report = check_dumps(candidate, Dump.open(ref))
+            report = check_dumps(candidate, Dump.open(ref), kinds)
             report.reference = f"fresh export of this checkout (scenario sets {sets})"
     out(report.format(verbose))
     return 0 if report.ok else 1
@@ -76,7 +81,16 @@ def _manifest_sets(dump) -> list[str]:
 
 
 def _cmd_check(args) -> int:
-    return run_check(args.dir, args.against, args.verbose)
+    from .check import STEP_KINDS
+
+    kinds = None
+    if args.steps:
+        kinds = tuple(k.strip() for k in args.steps.split(",") if k.strip())
+        unknown = [k for k in kinds if k not in STEP_KINDS]
+        if unknown or not kinds:
+            raise ValueError(f"--steps {args.steps!r}: unknown step kind(s) {unknown}; valid: "
+                             f"{', '.join(STEP_KINDS)} (comma-separated, e.g. local,growth)")
+    return run_check(args.dir, args.against, args.verbose, kinds=kinds)
 
 
 def add_parser(subparsers) -> None:
@@ -94,6 +108,9 @@ def add_parser(subparsers) -> None:
     e.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                    help="override one scenario key, e.g. --set bae.variant=authors (repeatable)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing dump in DIR")
+    e.add_argument("--c-header", metavar="FILE", default=None,
+                   help="also write the C port's plan header of this scenario (arena offsets "
+                   "from the ledger, training hyperparameters; docs/porting.md)")
     e.add_argument("--bin-only", action="store_true",
                    help="write manifest.json and conformance.bin only, no steps/*.npz (the "
                    "committed golden dump, refimpl/conformance/golden, is written this way)")
@@ -106,4 +123,8 @@ def add_parser(subparsers) -> None:
                    help="reference dump (default: a fresh export of this checkout, with the "
                    "scenario overrides recorded in DIR's manifest)")
     k.add_argument("--verbose", action="store_true", help="also list the matching steps")
+    k.add_argument("--steps", metavar="KINDS", default=None,
+                   help="compare only the steps of these kinds, comma-separated (inputs, init, "
+                   "round_start, local, growth, server); e.g. local,growth for a port of the "
+                   "client's round")
     k.set_defaults(func=_cmd_check)

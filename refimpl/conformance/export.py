@@ -16,12 +16,15 @@ import refimpl
 from ..core.rng import Purpose
 from ..fl.engine import run_round
 from ..fl.runner import _threads
+from ..fl.store import atomic_write_text
 from . import scenario
 from .dump import FORMAT, check_target, write_dump
+from .port import port_header
 from .quantities import manifest_table
 from .recorder import Recorder
+from .tolerance import float32_tolerance
 
-__all__ = ["export", "record", "manifest_head"]
+__all__ = ["export", "record", "manifest_head", "derivation", "client_steps"]
 
 
 def _version(dist: str) -> str:
@@ -50,9 +53,27 @@ def record(sets=()):
     return cfg, model, rec.steps()
 
 
-def manifest_head(cfg, model, sets) -> dict:
-    """Everything of the manifest but the step list."""
-    return {
+def client_steps(steps) -> int:
+    """S of the float32 tolerance: the most steps one client chains in a round (its local steps
+    and its growth pass), from the recorded steps."""
+    per: dict[tuple, int] = {}
+    for s in steps:
+        if s.kind in ("local", "growth"):
+            per[(s.round, s.client)] = per.get((s.round, s.client), 0) + 1
+    return max(per.values(), default=1)
+
+
+def derivation(model, steps, batch: int):
+    """The float32 tolerance of this scenario (:mod:`refimpl.conformance.tolerance`)."""
+    shape = steps[0].arrays["data/c0/x_u8"].shape[1:]
+    return float32_tolerance(model, shape, batch, client_steps(steps))
+
+
+def manifest_head(cfg, model, sets, steps) -> dict:
+    """Everything of the manifest but the step list (``steps``: the recorded steps, for the
+    float32 tolerance)."""
+    f32 = derivation(model, steps, cfg.train.batch_size) if cfg.run.dtype == "float32" else None
+    head = {
         "format": FORMAT,
         "scenario": {
             "name": scenario.NAME,
@@ -72,15 +93,28 @@ def manifest_head(cfg, model, sets) -> dict:
             "purposes": {p.name: int(p) for p in Purpose},
         },
         "software": software(),
-        "quantities": manifest_table(cfg.run.dtype),
+        "quantities": manifest_table(cfg.run.dtype, f32),
     }
+    if f32 is not None:
+        head["tolerance"] = {"float32": f32.to_dict()}
+    return head
 
 
-def export(directory, sets=(), overwrite: bool = False, npz: bool = True) -> dict:
+def export(directory, sets=(), overwrite: bool = False, npz: bool = True,
+           c_header=None) -> dict:
     """Export the scenario's dump to ``directory``; return the manifest. ``npz=False`` skips
     the per-step .npz files (manifest.json and conformance.bin only). An existing ``directory``
-    is refused before the scenario runs unless it may be replaced (:func:`check_target`)."""
+    is refused before the scenario runs unless it may be replaced (:func:`check_target`).
+    ``c_header``: also write the C port's plan header of this scenario to that path
+    (:func:`refimpl.conformance.port.port_header`, docs/porting.md)."""
     sets = list(sets)
     check_target(directory, overwrite)
     cfg, model, steps = record(sets)
-    return write_dump(directory, manifest_head(cfg, model, sets), steps, overwrite, npz)
+    header = None
+    if c_header is not None:  # before the dump: a scenario the port cannot run writes nothing
+        header = port_header(cfg, model, steps[0].arrays["data/c0/x_u8"].shape[1:])
+    manifest = write_dump(directory, manifest_head(cfg, model, sets, steps), steps, overwrite,
+                          npz)
+    if header is not None:
+        atomic_write_text(c_header, header)
+    return manifest

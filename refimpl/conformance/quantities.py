@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .tolerance import EXACT_FLOAT32, FLOAT32_ATOL
+
 __all__ = ["Quantity", "QUANTITIES", "FLOAT_TOL", "manifest_table", "KINDS"]
 
 KINDS = ("input", "exact", "float")
@@ -27,10 +29,10 @@ KINDS = ("input", "exact", "float")
 #: drift by ~1e-16 per op; after the scenario's ~30 local steps the observed worst is ~1e-14,
 #: and the issue demands <= 1e-10. atol only keeps all-zero references from failing on 1e-300
 #: noise; it is far below any value of the scenario.
-#: float32: the same argument with eps ~6e-8; indicative only (SAP and prune-and-grow
-#: selections may flip on near-ties at this precision, which then shows up as an exact-kind
-#: divergence).
-FLOAT_TOL = {np.dtype(np.float64): (1e-10, 1e-15), np.dtype(np.float32): (1e-4, 1e-6)}
+#: float32: derived per scenario from its reduction lengths (refimpl.conformance.tolerance,
+#: docs/porting.md), given to :func:`manifest_table` as ``float32``; SAP and prune-and-grow
+#: selections may still flip on a near-tie, which shows up as an exact-kind divergence.
+FLOAT_TOL = {np.dtype(np.float64): (1e-10, 1e-15)}
 
 
 @dataclass(frozen=True)
@@ -105,13 +107,26 @@ QUANTITIES: dict[str, Quantity] = {
 }
 
 
-def manifest_table(dtype) -> dict[str, dict]:
-    """The class table as written into the manifest, with the tolerances of ``dtype``."""
-    rtol, atol = FLOAT_TOL[np.dtype(dtype)]
+def manifest_table(dtype, float32=None) -> dict[str, dict]:
+    """The class table as written into the manifest, with the tolerances of ``dtype``. A
+    float32 table needs ``float32``, the scenario's
+    :class:`~refimpl.conformance.tolerance.Derivation`: every float class gets its rtol and
+    atol, the exact ones (``EXACT_FLOAT32``) 0."""
+    dt = np.dtype(dtype)
+    if dt == np.float32:
+        if float32 is None:
+            raise ValueError("manifest_table: a float32 table needs the scenario's derived "
+                             "tolerance (refimpl.conformance.tolerance.float32_tolerance)")
+        rtol, atol = float32.rtol, FLOAT32_ATOL
+    elif dt in FLOAT_TOL:
+        rtol, atol = FLOAT_TOL[dt]
+    else:
+        raise ValueError(f"manifest_table: dtype {dt} is not float32 or float64")
     out = {}
     for name, q in QUANTITIES.items():
         entry = {"kind": q.kind, "rules": list(q.rules), "doc": q.doc}
         if q.kind == "float":
-            entry.update(rtol=rtol, atol=atol)
+            exact = dt == np.float32 and name in EXACT_FLOAT32
+            entry.update(rtol=0.0 if exact else rtol, atol=0.0 if exact else atol)
         out[name] = entry
     return out

@@ -14,7 +14,9 @@ Steps, in execution order (docs/conformance.md has every key):
 
 The forward-pass quantities (Ŵ, layer outputs) are recomputed by the engine's own functions on
 the step's parameters (:func:`refimpl.fl.nets.effective_model`, ``models.forward`` on prefixes
-of the layer chain); the SAP caches are the very records the tape holds.
+of the layer graph: top-level layers, residual blocks whole); the SAP caches are the very records
+the tape holds (a block's first conv and its projection shortcut hold one shared cache, SAP-1,
+recorded under both layers).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 from .. import models, sap
 from ..fl.nets import effective_model
 from ..fl.observe import LocalStep, Observer
-from ..models.graph import Conv, GlobalAvgPool, Linear, MaxPool, ReLU
+from ..models.graph import Conv, GlobalAvgPool, Linear, MaxPool, ReLU, ResidualBlock
 from .quantities import QUANTITIES
 
 __all__ = ["Step", "Recorder", "FORMAT_CODES"]
@@ -62,7 +64,7 @@ def _layer(param_name: str) -> str:
 
 def _kind(layer) -> str:
     return {Conv: "conv", Linear: "linear", ReLU: "relu", MaxPool: "maxpool",
-            GlobalAvgPool: "gap"}[type(layer)]
+            GlobalAvgPool: "gap", ResidualBlock: "block"}[type(layer)]
 
 
 class Recorder(Observer):
@@ -125,16 +127,29 @@ class Recorder(Observer):
                                   {k: v.copy() for k, v in model.buffers.items()})
             acts.append((f"{i:02d}_{_kind(layer)}",
                          models.forward(prefix, params, x, train=True, options=options)))
-        inputs = self._layer_inputs(model, x, [a for _, a in acts])
+        inputs = self._layer_inputs(model, params, x, options, [a for _, a in acts])
         self._pending = {"key": (t, client, tau), "w_hat": w_hat, "acts": acts,
                          "sap": self._caches(tape, inputs)}
 
-    def _layer_inputs(self, model, x, outs) -> list[np.ndarray]:
-        """The input of each prunable layer, in prunable order (plain layer chains)."""
+    @staticmethod
+    def _layer_inputs(model, params, x, options, outs) -> list[np.ndarray]:
+        """The input of each prunable layer, in prunable order (``models.iter_layers``): the
+        previous top-level output, and inside a residual block the block input (its first body
+        layer and its shortcut) or ``models.forward`` of the top-level prefix followed by the
+        body's layers before it (the values the block computes: same functions, same order)."""
         res = []
         for i, layer in enumerate(model.layers):
+            h = x if i == 0 else outs[i - 1]
             if isinstance(layer, (Conv, Linear)):
-                res.append(x if i == 0 else outs[i - 1])
+                res.append(h)
+            elif isinstance(layer, ResidualBlock):
+                for j, inner in enumerate(layer.body):
+                    if isinstance(inner, (Conv, Linear)):
+                        res.append(h if j == 0 else models.forward(
+                            models.Model(model.name, model.layers[:i] + layer.body[:j], params,
+                                         {k: v.copy() for k, v in model.buffers.items()}),
+                            params, x, train=True, options=options))
+                res += [h for inner in layer.shortcut if isinstance(inner, (Conv, Linear))]
         return res
 
     def _caches(self, tape, inputs) -> list[tuple[str, dict]]:

@@ -74,17 +74,21 @@ def build(cfg: Config) -> tuple[FedData, models.Model, GlobalState]:
     (FL-1, ERK-3)."""
     data = load_fed_data(cfg)
     model = build_model(cfg, data.input_shape[0], data.num_classes)
-    if any(isinstance(layer, ResidualBlock) for layer in model.layers):
-        raise ValueError(f"the conformance recorder handles plain layer chains; model "
-                         f"{cfg.model.name!r} has residual blocks")
     return data, model, init_state(cfg, model)
 
 
 def architecture(model: models.Model) -> list[dict]:
     """The top-level layers as plain records for the manifest, so another implementation can
-    build the same network (CONV-1 semantics; ``act/NN_kind`` keys follow this order)."""
+    build the same network (CONV-1 semantics; ``act/NN_kind`` keys follow this order). A
+    residual block is ``{"kind": "block", "body": [...], "shortcut": [...], "relu": bool}``:
+    ``relu(body(x) + shortcut(x))`` (identity when the shortcut is empty; no ReLU when
+    ``relu`` is false)."""
+    return _records(model.layers)
+
+
+def _records(layers) -> list[dict]:
     out = []
-    for layer in model.layers:
+    for layer in layers:
         if isinstance(layer, Conv):
             out.append({"kind": "conv", **dataclasses.asdict(layer),
                         "weight_shape": list(layer.weight_shape)})
@@ -97,6 +101,9 @@ def architecture(model: models.Model) -> list[dict]:
             out.append({"kind": "maxpool", "kernel": layer.kernel, "stride": layer.stride})
         elif isinstance(layer, GlobalAvgPool):
             out.append({"kind": "gap"})
-        else:  # pragma: no cover - build() refuses residual models
+        elif isinstance(layer, ResidualBlock):
+            out.append({"kind": "block", "body": _records(layer.body),
+                        "shortcut": _records(layer.shortcut), "relu": layer.relu})
+        else:  # pragma: no cover - the zoo has no other layers
             raise TypeError(f"architecture: unsupported layer {layer!r}")
     return out
