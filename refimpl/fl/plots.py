@@ -233,7 +233,9 @@ def _density_markers(densities) -> dict:
             for i, d in enumerate(sorted({float(d) for d in densities}, reverse=True))}
 
 
-def save_accuracy_overlay(series: list[dict], path, title: str) -> Path:
+def save_accuracy_overlay(series: list[dict], path, title: str,
+                          ylabel: str = "test accuracy (%)", bottom: float | None = 0,
+                          zero_line: bool = False) -> Path:
     """One axis with the test-accuracy curves of several runs.
 
     ``series``: dicts with ``label``, ``method``, ``density`` (float), ``rounds`` (evaluated
@@ -241,6 +243,8 @@ def save_accuracy_overlay(series: list[dict], path, title: str) -> Path:
     (rounds). Method is the colour, density the marker; runs that share both differ in line
     style. Adjustment rounds shared by every run that adjusts are dashed grey lines, otherwise
     each run's are ticks in its colour along the bottom. ``title``: one or two lines.
+    ``ylabel``, ``bottom`` (None: automatic) and ``zero_line`` (a thin line at 0) serve
+    differences of accuracies (the experiment grid's gap against rounds).
     """
     from matplotlib.transforms import blended_transform_factory
 
@@ -279,8 +283,11 @@ def save_accuracy_overlay(series: list[dict], path, title: str) -> Path:
                 label="mask adjustments (ticks in each run's colour)")
     last = max([t for s in series for t in s["rounds"]] + [t for a in adj for t in a] + [1])
     _round_axis(ax, 1, last)
-    ax.set_ylim(bottom=0)
-    ax.set_ylabel("test accuracy (%)")
+    if bottom is not None:
+        ax.set_ylim(bottom=bottom)
+    if zero_line:
+        ax.axhline(0, color="0.2", lw=0.8, zorder=1)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     _legend_below(fig, [ax], ncol=1)
     _title(fig, title)
