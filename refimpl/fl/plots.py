@@ -160,14 +160,23 @@ def save_plots(records: list[dict], directory, cfg) -> list[Path]:
     ax = fig.add_subplot(1, 1, 1)
     _mark_adjustments(ax, adjust)
     acc = [100 * r["test_accuracy"] for r in evals]
-    ax.plot([r["round"] for r in evals], acc, "o-", ms=4, color=color,
-            label="test accuracy of the global model")
-    if evals:
-        ax.annotate(f"{acc[-1]:.1f}%", (evals[-1]["round"], acc[-1]), xytext=(0, 7),
-                    textcoords="offset points", ha="center", fontsize=8)
-        ax.set_ylim(0, min(100.0, max(acc) * 1.1 + 3))
+    # a run with a validation split (data.validation) also shows it, dashed
+    vals = [r for r in records if r.get("val_accuracy") is not None]
+    vacc = [100 * r["val_accuracy"] for r in vals]
+    if evals or not vals:
+        ax.plot([r["round"] for r in evals], acc, "o-", ms=4, color=color,
+                label="test accuracy of the global model")
+    if vals:
+        ax.plot([r["round"] for r in vals], vacc, "s--", ms=3, color="#CC79A7",
+                label="validation accuracy (held-out training data)")
+    for rs, ys in ((evals, acc), (vals, vacc)):
+        if rs:
+            ax.annotate(f"{ys[-1]:.1f}%", (rs[-1]["round"], ys[-1]), xytext=(0, 7),
+                        textcoords="offset points", ha="center", fontsize=8)
+    if acc or vacc:
+        ax.set_ylim(0, min(100.0, max(acc + vacc) * 1.1 + 3))
     _round_axis(ax, first, last)
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel("accuracy (%)" if vals else "test accuracy (%)")
     ax.grid(alpha=0.3)
     _legend_below(fig, [ax])
     _title(fig, title)
@@ -178,8 +187,12 @@ def save_plots(records: list[dict], directory, cfg) -> list[Path]:
     _mark_adjustments(ax, adjust)
     ax.plot(rounds, [r["train_loss"] for r in records], "-", color="#CC79A7",
             label="train loss (clients' mean over their local steps)")
-    ax.plot([r["round"] for r in evals], [r["test_loss"] for r in evals], "o-", ms=4,
-            color=color, label="test loss of the global model")
+    if evals or not vals:
+        ax.plot([r["round"] for r in evals], [r["test_loss"] for r in evals], "o-", ms=4,
+                color=color, label="test loss of the global model")
+    if vals:
+        ax.plot([r["round"] for r in vals], [r["val_loss"] for r in vals], "s--", ms=3,
+                color="#E69F00", label="validation loss of the global model")
     ax.set_ylim(bottom=0)
     _round_axis(ax, first, last)
     ax.set_ylabel("cross-entropy (nats per example)")
