@@ -924,10 +924,15 @@ def report(scale: Scale, out: Path, page: Path, command: str) -> str:
                  "once the full grid has run.\n")
     text = "\n".join(parts)
     page.parent.mkdir(parents=True, exist_ok=True)
-    tmp = page.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, page)
+    _write(page, text)
     return text
+
+
+def _write(path: Path, text: str) -> None:
+    """Write a file atomically (a temporary name beside it, fsynced, renamed)."""
+    from refimpl.fl.store import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 # ---- the cost estimate ------------------------------------------------------------------------
@@ -943,10 +948,12 @@ def estimate(scale: Scale, out: Path, jobs: int, rounds: int, roots: dict) -> di
         key = (r.kind, name.split("-lr")[0])
         counted.setdefault(key, []).append(r)
         if key not in probes:
-            sets = tuple(s for s in r.sets if not s.startswith(("run.rounds=", "sparse.t_end=",
-                                                                "sparse.delta_t=")))
+            # one adjustment (at the last round), without the evaluation around it: a
+            # 100-round run adjusts 7 times, so a short probe that did would overweight both
+            sets = tuple(s for s in r.sets if not s.startswith((
+                "run.rounds=", "sparse.t_end=", "sparse.delta_t=", "run.eval_around")))
             sets += (f"run.rounds={rounds}", f"sparse.t_end={rounds}",
-                     f"sparse.delta_t={max(1, rounds // 2)}")
+                     f"sparse.delta_t={rounds}")
             probes[key] = Run(out / "estimate" / f"{key[0]}-{key[1]}", sets, rounds, r.kind)
     for p in probes.values():
         if p.path.exists() and not finished(p.path, rounds):
@@ -967,9 +974,11 @@ def estimate(scale: Scale, out: Path, jobs: int, rounds: int, roots: dict) -> di
          "note": f"Each configuration ran {rounds} rounds ({jobs} runs in parallel, one "
                  f"thread each, on {machine()}, load average {_load()} when done, "
                  f"{time.perf_counter() - t0:.0f} s in all); its seconds per round (the "
-                 f"runs' own `seconds_per_round`, evaluation included) times the rounds of "
-                 f"the grid's runs of that configuration, summed and divided by {jobs}."}
-    (out / "estimate.json").write_text(json.dumps(e, indent=1) + "\n")
+                 f"runs' own `seconds_per_round`, evaluation included, one mask adjustment "
+                 f"per probe, the evaluations around adjustments left out: a final run adds "
+                 f"about 7 of them to its 50) times the rounds of the grid's runs of that "
+                 f"configuration, summed and divided by {jobs}."}
+    _write(out / "estimate.json", json.dumps(e, indent=1) + "\n")
     return e
 
 
@@ -1026,7 +1035,7 @@ def main(argv=None) -> int:
         inv = json.loads(log.read_text())["invocations"] if log.exists() else []
         inv.append({"seconds": round(time.perf_counter() - t0, 1), "load": _load(),
                     "failed": len(failed)})
-        log.write_text(json.dumps({"invocations": inv}, indent=1) + "\n")
+        _write(log, json.dumps({"invocations": inv}, indent=1) + "\n")
         if failed:
             print(f"{len(failed)} run(s) failed; see their logs. Rerun to resume them.")
     report(scale, out, page, command)
