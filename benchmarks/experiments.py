@@ -556,6 +556,11 @@ def gap_section(scale: Scale, by: dict, block: int) -> tuple[str, list]:
     return "\n".join(lines) + "\n", series
 
 
+def _pct(v) -> str:
+    """The mean of ``v`` in %, or "-" when there is nothing (no later evaluation)."""
+    return f"{100 * _mean(v):.2f}" if v else "-"
+
+
 def bae_section(by: dict) -> str:
     """Per adjustment round: the aggregated model's test accuracy just before and just after
     prune-and-grow, and at the next two evaluations, with and without BaE (mean over seeds)."""
@@ -590,9 +595,8 @@ def bae_section(by: dict) -> str:
                   if norms else "-")
             lines.append(
                 f"| {tid('B', f'{name}-t{t}')} | {r.row.label} [{name}] | {t} | "
-                f"{100 * _mean(before):.2f} | {100 * _mean(after):.2f} | "
-                f"{spread(change).replace(' (1 seed)', '')} | "
-                f"{100 * _mean(nxt):.2f} | {100 * _mean(nxt2):.2f} | {nb} |")
+                f"{_pct(before)} | {_pct(after)} | {spread(change).replace(' (1 seed)', '')} | "
+                f"{_pct(nxt)} | {_pct(nxt2)} | {nb} |")
     return "\n".join(lines) + "\n"
 
 
@@ -830,7 +834,7 @@ def report(scale: Scale, out: Path, page: Path, command: str) -> str:
     by = {r.row.name: r for r in results}
     baseline = {(r.row.density, r.row.group == "mnist"): r for r in results
                 if r.row.setting in ("prune_grow", "mnist-prune_grow") and r.score}
-    block = max(scale.rounds // 10, 1)
+    block = max(scale.rounds // 10, scale.eval_every)  # every block holds an evaluation
     gap_md, gap_series = gap_section(scale, by, block)
     gap_rows = {}
     for line in gap_md.splitlines()[2:]:
