@@ -91,7 +91,7 @@ QUICK = Scale("quick", rounds=6, sweep_rounds=4, delta_t=2, sweep_delta_t=2, eva
               datasets={"fmnist": "fashion-mnist-bundled", "mnist": "mnist-pureml"})
 
 DATASET_NAMES = {"fashion-mnist": "Fashion-MNIST", "fashion-mnist-bundled":
-                 "Fashion-MNIST (bundled 12,000-image subset)", "mnist-pureml": "MNIST"}
+                 "Fashion-MNIST subset", "mnist-pureml": "MNIST"}
 
 
 @dataclass(frozen=True)
@@ -748,8 +748,8 @@ def plots(scale: Scale, results: list[Result], gap_series: list, pics: Path) -> 
                       for r in results if r.memory and r.score and r.row.group != "mnist"]
             if points:
                 save_footprint_accuracy(
-                    points, pics / name, f"accuracy against memory: every {data} row\ncnn, "
-                    f"{scale.clients} clients (Dirichlet 0.5), {scale.rounds} rounds",
+                    points, pics / name, f"accuracy against memory, every row of the grid\n"
+                    f"{data}, cnn, {scale.clients} clients, {scale.rounds} rounds",
                     xlabel=xlabel, ylabel=f"test accuracy (%), mean of the last {LAST_K} "
                     f"evaluations", fill_labels=("main row (mean over seeds)",
                                                  "ablation (label: what changes)"))
