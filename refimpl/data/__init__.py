@@ -12,9 +12,15 @@ only by the functions that need them. See docs/data.md.
 
 from .dataset import DataFileError, Dataset, channel_stats, content_keys
 from .loaders import DATASETS, load_dataset
-from .partitioners import METHODS, PartitionInfo, partition, partition_with_info
+from .partitioners import (
+    METHODS,
+    PartitionInfo,
+    partition,
+    partition_with_info,
+    validation_split,
+)
 from .report import format_report, partition_hash, partition_report, save_heatmap
 
 __all__ = ["Dataset", "DataFileError", "DATASETS", "METHODS", "PartitionInfo", "channel_stats",
            "content_keys", "format_report", "load_dataset", "partition", "partition_hash",
-           "partition_report", "partition_with_info", "save_heatmap"]
+           "partition_report", "partition_with_info", "save_heatmap", "validation_split"]

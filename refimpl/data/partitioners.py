@@ -43,7 +43,8 @@ import numpy as np
 from ..core.rng import Purpose, stream
 
 __all__ = ["partition", "partition_with_info", "PartitionInfo", "METHODS", "DEFAULT_MIN_SIZE",
-           "DEFAULT_MAX_RETRIES", "apportion", "repair_counts", "canonical_order"]
+           "DEFAULT_MAX_RETRIES", "apportion", "repair_counts", "canonical_order",
+           "validation_split"]
 
 METHODS = ("iid", "dirichlet", "pathological")
 #: min_size=None means max(1, min(DEFAULT_MIN_SIZE, n // (2 * num_clients))): at most half an
@@ -289,3 +290,52 @@ def partition(labels, num_clients: int, method: str = "dirichlet", *, alpha: flo
                                classes_per_client=classes_per_client, min_size=min_size,
                                seed=seed, max_retries=max_retries, keys=keys,
                                num_classes=num_classes)[0]
+
+
+def validation_split(labels, fraction: float, keys=None,
+                     num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out a validation split of a training set: ``(rest, held)``, sorted int64 index
+    arrays, disjoint, together every index once.
+
+    Stratified: the number held out is ``round(fraction · n)`` (half up), shared among the
+    classes in proportion to their sizes by :func:`apportion`; class c gives its ``v_c``
+    samples first in the canonical order (label, key, index) of :func:`canonical_order`. With
+    content ``keys`` (:func:`refimpl.data.content_keys`, a hash of the image) that order is a
+    pseudo-random one that depends on the images alone, so the split is the same for every
+    seed and every ordering of the dataset, and no random stream is drawn. ``fraction`` in
+    [0, 1); 0 holds out nothing.
+    """
+    y = np.asarray(labels)
+    if y.ndim != 1 or (y.size and y.dtype.kind not in "iu"):
+        raise ValueError(f"validation_split: labels must be a 1-D integer array, received dtype "
+                         f"{y.dtype} shape {y.shape}")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating)) or \
+            not 0.0 <= float(fraction) < 1.0:
+        raise ValueError(f"validation_split: fraction must be a number in [0, 1), received "
+                         f"{fraction!r}")
+    y = y.astype(np.int64)
+    n = int(y.size)
+    if keys is not None:
+        keys = np.asarray(keys)
+        if keys.shape != y.shape:
+            raise ValueError(f"validation_split: keys must have the labels' shape {y.shape}, "
+                             f"received {keys.shape}")
+    held_total = int(np.floor(float(fraction) * n + 0.5))
+    if held_total == 0:
+        return np.arange(n, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    if held_total >= n:
+        raise ValueError(f"validation_split: fraction {fraction} of {n} samples leaves no "
+                         f"training data; lower it")
+    C = int(num_classes) if num_classes is not None else int(y.max()) + 1
+    sizes = np.bincount(y, minlength=C)
+    counts = apportion(held_total, sizes.astype(np.float64))
+    order = canonical_order(y, keys)
+    held = []
+    start = 0
+    for c in range(C):  # the canonical order groups the classes in ascending label
+        held.append(order[start:start + counts[c]])
+        start += int(sizes[c])
+    held = np.sort(np.concatenate(held)).astype(np.int64)
+    keep = np.ones(n, dtype=bool)
+    keep[held] = False
+    return np.flatnonzero(keep).astype(np.int64), held

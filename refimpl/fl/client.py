@@ -33,7 +33,16 @@ from .nets import effective_model, run_options, weight_scores
 from .observe import LocalStep, Observer
 
 __all__ = ["RoundPlan", "ClientUpdate", "RoundTask", "ClientExecutor", "LocalClients",
-           "ClientError", "local_train", "growth_scores", "num_iterations"]
+           "ClientError", "local_train", "growth_scores", "num_iterations", "Diverged"]
+
+
+class Diverged(ArithmeticError):
+    """``run.stop_on_divergence``: a local step's loss was not finite or exceeded
+    ``run.divergence_loss``, or the step left a parameter that is not finite."""
+
+    def __init__(self, t: int, client: int, step: int, what: str):
+        super().__init__(f"round {t}, client {client}, local step {step}: {what}")
+        self.round, self.client, self.step = t, client, step
 
 
 @dataclass(frozen=True)
@@ -183,8 +192,16 @@ def local_train(model: models.Model, params: dict, buffers: dict, masks: dict | 
     for tau, order in enumerate(_batches(cfg, plan.t, client, n)):
         idx = idx_all[order]
         xb, yb = data.batch(data.x_train[idx]), data.y_train[idx]
-        loss, grads = step(p, xb, yb)
+        try:
+            loss, grads = step(p, xb, yb)
+        except ValueError as e:  # SAP cannot rank activations that overflowed (non-finite)
+            if cfg.run.stop_on_divergence and "non-finite" in str(e):
+                raise Diverged(plan.t, client, tau, f"non-finite activations ({e})") from None
+            raise
         losses.append(float(loss))
+        if cfg.run.stop_on_divergence and not losses[-1] <= cfg.run.divergence_loss:
+            raise Diverged(plan.t, client, tau, f"loss {losses[-1]} is not finite or exceeds "
+                           f"run.divergence_loss = {cfg.run.divergence_loss}")
         lr = plan.lr
         ce_grads = {k: g.copy() for k, g in grads.items()} if observer is not None else None
         lam = pen = low_norm = pen_grads = None
@@ -198,6 +215,11 @@ def local_train(model: models.Model, params: dict, buffers: dict, masks: dict | 
                                              sp.marked, lam, cfg.bae.variant)
         max_lr = max(max_lr, lr)
         opt.step(p, grads, masks, lr=lr)
+        if cfg.run.stop_on_divergence:
+            bad = next((k for k, v in p.items() if not np.isfinite(v).all()), None)
+            if bad is not None:
+                raise Diverged(plan.t, client, tau, f"the step left {bad} with a non-finite "
+                               f"value")
         if observer is not None:
             observer.local_step(plan.t, client, LocalStep(
                 tau, tau // per_epoch, np.asarray(order, dtype=np.int64), xb, yb, float(loss),

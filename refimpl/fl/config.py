@@ -54,6 +54,20 @@ class RunSection:
     dtype: str = _key("float32", "training dtype (CONV-2)", choices=("float32", "float64"))
     threads: int = _key(0, "threads of the Numba kernels during the run (0: Numba's default); "
                         "results do not depend on it", lo=0)
+    eval_split: str = _key("test", "what an evaluation measures: test (the test set) | "
+                           "validation (the data.validation split only: tuning never sees the "
+                           "test set) | both", choices=("test", "validation", "both"),
+                           optional=True)
+    eval_around_adjustment: bool = _key(False, "also evaluate the aggregated model just before "
+                                        "and just after prune-and-grow in every adjustment "
+                                        "round (record key adjustment_eval); changes nothing "
+                                        "else", optional=True)
+    stop_on_divergence: bool = _key(False, "stop the run after a round whose train loss is not "
+                                    "finite or exceeds run.divergence_loss; summary.json records "
+                                    "the round (diverged_round)", optional=True)
+    divergence_loss: float = _key(10.0, "train loss (nats per example) above which a round "
+                                  "counts as diverged (run.stop_on_divergence)", lo=0.0,
+                                  lo_open=True, optional=True)
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,10 @@ class DataSection:
     classes_per_client: int = _key(2, "classes per client (partition = pathological)", lo=1)
     min_client_size: int = _key(10, "minimum examples per client (partition = dirichlet)",
                                 lo=1)
+    validation: float = _key(0.0, "fraction of the training set held out as a validation split "
+                             "(stratified by class, chosen by content key, the same for every "
+                             "seed); the clients' partition is over the rest", lo=0.0, hi=1.0,
+                             hi_open=True, optional=True)
     synthetic_train: int = _key(400, "training examples (dataset = synthetic)", lo=1)
     synthetic_test: int = _key(100, "test examples (dataset = synthetic)", lo=1)
     synthetic_classes: int = _key(4, "classes (dataset = synthetic)", lo=2)
@@ -85,6 +103,10 @@ class ModelSection:
                              "(docs/DEVIATIONS.md N1, N2): authors (NSC-1 with the mask W != 0) "
                              "| authors_method1 (their commented-out method 1)",
                              choices=("dense", "masked", "authors", "authors_method1"))
+    relu_gain: float = _key(1.0, "every ReLU computes relu_gain * max(x, 0); 1 is SPEC (NSC-4: "
+                            "plain ReLUs); sqrt(2 / (1 - 1/π)) ≈ 1.7128585504496627 keeps a unit "
+                            "Gaussian's variance (docs/decisions.md, NSConv)", lo=0.0,
+                            lo_open=True, optional=True)
 
 
 @dataclass(frozen=True)
@@ -216,8 +238,15 @@ class Config:
             obj = getattr(self, sec)
             out[sec] = {_toml_name(f): _plain(getattr(obj, f.name))
                         for f in dataclasses.fields(obj)
-                        if not (f.metadata.get("compat") and getattr(obj, f.name) == f.default)}
+                        if not (_omitted_at_default(f) and getattr(obj, f.name) == f.default)}
         return out
+
+
+def _omitted_at_default(f) -> bool:
+    """Compat switches and the optional keys added after the first runs (evaluation hooks,
+    validation split, divergence stop, ReLU gain) are written only when set, so an existing
+    run's config.toml, its checkpoints and the golden vectors' manifest stay the same."""
+    return bool(f.metadata.get("compat") or f.metadata.get("optional"))
 
 
 def _toml_name(f) -> str:
@@ -342,6 +371,10 @@ def _resolve(cfg: Config) -> Config:
     if cfg.train.clients_per_round > cfg.data.num_clients:
         raise ConfigError(f"train.clients_per_round = {cfg.train.clients_per_round} exceeds "
                           f"data.num_clients = {cfg.data.num_clients}")
+    if cfg.run.eval_split != "test" and cfg.data.validation == 0:
+        raise ConfigError(f"run.eval_split = {cfg.run.eval_split!r} evaluates on the validation "
+                          f"split, but data.validation = 0 holds none out; set data.validation "
+                          f"(e.g. 0.1) or run.eval_split = 'test'")
     if cfg.sparse.t_end > cfg.run.rounds:
         raise ConfigError(f"sparse.t_end = {cfg.sparse.t_end} exceeds run.rounds = "
                           f"{cfg.run.rounds}; use 0 for 'until the last round'")

@@ -9,7 +9,7 @@ docs/federated.md). The partition uses content keys, so it does not depend on th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,6 +23,8 @@ class FedData:
     """Training and test arrays, per-channel normalisation and the client partition.
 
     ``parts[k]``: sorted int64 indices into ``x_train`` of client k's examples.
+    ``val_idx``: sorted int64 indices into ``x_train`` of the validation split
+    (``data.validation``; empty without one), disjoint from every client's examples.
     """
 
     name: str
@@ -35,6 +37,7 @@ class FedData:
     mean: np.ndarray  # (1, C, 1, 1) in the run's dtype
     std: np.ndarray
     report: dict
+    val_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def num_classes(self) -> int:
@@ -43,6 +46,16 @@ class FedData:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.x_train.shape[1:])
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 images, int64 labels) of the ``test`` set or the ``validation`` split."""
+        if name == "test":
+            return self.x_test, self.y_test
+        if name == "validation":
+            if self.val_idx.size == 0:
+                raise ValueError("this run holds out no validation split (data.validation = 0)")
+            return self.x_train[self.val_idx], self.y_train[self.val_idx]
+        raise ValueError(f"unknown split {name!r}; valid: 'test', 'validation'")
 
     def batch(self, images: np.ndarray) -> np.ndarray:
         """uint8 images -> normalised float batch of the run's dtype."""
@@ -59,8 +72,10 @@ def _channel_stats(ds, dtype) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_fed_data(cfg: Config) -> FedData:
-    """Load ``data.dataset``, partition its training labels over ``data.num_clients`` clients
-    (DATA-1, stream PARTITION via ``run.seed``) and build the partition report (DATA-2)."""
+    """Load ``data.dataset``, hold out the ``data.validation`` split
+    (:func:`refimpl.data.validation_split`), partition the remaining training labels over
+    ``data.num_clients`` clients (DATA-1, stream PARTITION via ``run.seed``) and build the
+    partition report (DATA-2; of the remaining examples, with the split's size and classes)."""
     from .. import data as data_tools
 
     d = cfg.data
@@ -73,20 +88,30 @@ def load_fed_data(cfg: Config) -> FedData:
     if ds.x_train.ndim != 4 or ds.x_train.dtype != np.uint8:
         raise ValueError(f"dataset {d.dataset!r}: expected uint8 images (N, C, H, W), received "
                          f"{ds.x_train.dtype} {ds.x_train.shape}")
-    if d.num_clients > len(ds.y_train):
-        raise ValueError(f"data.num_clients = {d.num_clients} exceeds the {len(ds.y_train)} "
-                         f"training examples of {d.dataset!r}")
+    keys = ds.train_keys()
+    y_all = np.asarray(ds.y_train, dtype=np.int64)
+    rest, held = data_tools.validation_split(y_all, d.validation, keys, len(ds.classes))
+    if d.num_clients > len(rest):
+        raise ValueError(f"data.num_clients = {d.num_clients} exceeds the {len(rest)} "
+                         f"training examples of {d.dataset!r}"
+                         + (f" left after the validation split ({held.size} held out)"
+                            if held.size else ""))
     parts, info = data_tools.partition_with_info(
-        ds.y_train, d.num_clients, method=d.partition, alpha=d.dirichlet_alpha,
+        y_all[rest], d.num_clients, method=d.partition, alpha=d.dirichlet_alpha,
         classes_per_client=d.classes_per_client, min_size=d.min_client_size, seed=cfg.run.seed,
-        keys=ds.train_keys(), num_classes=len(ds.classes))
+        keys=keys[rest], num_classes=len(ds.classes))
     parts = [np.asarray(p, dtype=np.int64) for p in parts]
     empty = [k for k, p in enumerate(parts) if p.size == 0]
     if empty:
         raise ValueError(f"the partition left client(s) {empty[:10]} without data; lower "
                          f"data.num_clients or raise data.dirichlet_alpha")
-    report = data_tools.partition_report(ds.y_train, parts, len(ds.classes), info)
+    report = data_tools.partition_report(y_all[rest], parts, len(ds.classes), info)
+    if held.size:  # the report describes the clients' data; the split is named beside it
+        report["validation"] = {"fraction": d.validation, "size": int(held.size),
+                                "histogram": np.bincount(y_all[held],
+                                                         minlength=len(ds.classes)).tolist()}
+        parts = [rest[p] for p in parts]  # indices into x_train
     mean, std = _channel_stats(ds, np.dtype(cfg.run.dtype))
-    return FedData(d.dataset, ds.x_train, np.asarray(ds.y_train, dtype=np.int64), ds.x_test,
+    return FedData(d.dataset, ds.x_train, y_all, ds.x_test,
                    np.asarray(ds.y_test, dtype=np.int64), list(ds.classes), parts, mean, std,
-                   report)
+                   report, held)

@@ -44,11 +44,26 @@ from .server import aggregate, average_growth, bytes_down, bytes_up, prune_and_g
 from .state import GlobalState
 
 __all__ = ["run_round", "server_begin", "server_end", "round_plan", "RoundStart",
-           "should_evaluate"]
+           "should_evaluate", "evaluations"]
 
 
 def should_evaluate(cfg: Config, t: int) -> bool:
     return t % cfg.run.eval_every == 0 or t == cfg.run.rounds
+
+
+def evaluations(model: models.Model, params: dict, buffers: dict, masks: dict | None,
+                data: FedData, cfg: Config) -> dict:
+    """The evaluation keys of a record as ``run.eval_split`` asks: ``test_accuracy`` and
+    ``test_loss`` on the test set, ``val_accuracy`` and ``val_loss`` on the validation split
+    (each pair absent when not evaluated). Reads the model; changes nothing."""
+    out = {}
+    if cfg.run.eval_split in ("test", "both"):
+        out["test_accuracy"], out["test_loss"] = evaluate(model, params, buffers, masks, data,
+                                                          cfg, split="test")
+    if cfg.run.eval_split in ("validation", "both"):
+        out["val_accuracy"], out["val_loss"] = evaluate(model, params, buffers, masks, data, cfg,
+                                                        split="validation")
+    return out
 
 
 def _weighted_mean(values, weights) -> float:
@@ -164,6 +179,8 @@ def server_end(cfg: Config, model: models.Model, state: GlobalState, data: FedDa
     norm_after = bae.marked_norm([params[n] for n in prunable], marked) if marked else None
 
     new_masks, mask_version, report = masks, state.mask_version, None
+    around = cfg.run.eval_around_adjustment and start.adjusting
+    before = evaluations(model, params, buffers, masks, data, cfg) if around else None
     if start.adjusting:
         scores = average_growth(updates, list(shapes.values()))
         low = None
@@ -181,9 +198,11 @@ def server_end(cfg: Config, model: models.Model, state: GlobalState, data: FedDa
     new_state = GlobalState(t, params, buffers, new_masks, mask_version, start.client_versions)
 
     weights = [u.n for u in updates]
-    acc = loss = None
-    if should_evaluate(cfg, t):
-        acc, loss = evaluate(model, params, buffers, new_masks, data, cfg)
+    after = evaluations(model, params, buffers, new_masks, data, cfg) if around else None
+    ev = {}
+    if should_evaluate(cfg, t):  # the model after prune-and-grow: `after` when it was measured
+        ev = after if after is not None else evaluations(model, params, buffers, new_masks, data,
+                                                         cfg)
     numel = {n: int(params[n].size) for n in prunable}
     nnz = ({n: int(new_masks[n].sum()) for n in prunable} if new_masks is not None
            else dict(numel))
@@ -194,8 +213,13 @@ def server_end(cfg: Config, model: models.Model, state: GlobalState, data: FedDa
         "client_sizes": weights,
         "local_iterations": [u.iterations for u in updates],
         "train_loss": _weighted_mean([u.loss for u in updates], weights),
-        "test_accuracy": acc,
-        "test_loss": loss,
+        "test_accuracy": ev.get("test_accuracy"),
+        "test_loss": ev.get("test_loss"),
+    }
+    if cfg.data.validation > 0:  # keys of the validation split only when the run holds one out
+        record["val_accuracy"] = ev.get("val_accuracy")
+        record["val_loss"] = ev.get("val_loss")
+    record |= {
         "density": sum(nnz.values()) / sum(numel.values()),
         "layer_density": {n: nnz[n] / numel[n] for n in prunable},
         "layer_nnz": nnz,
@@ -213,6 +237,8 @@ def server_end(cfg: Config, model: models.Model, state: GlobalState, data: FedDa
         "pruned": _per_layer(prunable, report.pruned) if report else None,
         "grown": _per_layer(prunable, report.grown) if report else None,
     }
+    if cfg.run.eval_around_adjustment:  # the aggregated model just before and after PG
+        record["adjustment_eval"] = {"before": before, "after": after} if around else None
     return new_state, record
 
 

@@ -26,7 +26,8 @@ def run_options(cfg: Config, masks: dict | None) -> models.RunOptions:
     (``cfg.sap_policy``, built once per run, with its keep rule; SAP-1, CACHE-2) and the layers
     it reaches (``sap.layers``, compat)."""
     return models.RunOptions(masks=masks, nsconv_stats=cfg.model.nsconv_stats,
-                             sap=cfg.sap_policy, sap_layers=cfg.sap.layers)
+                             sap=cfg.sap_policy, sap_layers=cfg.sap.layers,
+                             relu_gain=cfg.model.relu_gain)
 
 
 def _plain_layers(layers):
@@ -88,18 +89,21 @@ def weight_scores(model: models.Model, params: dict, masks: dict, stats: str,
 
 
 def evaluate(model: models.Model, params: dict, buffers: dict, masks: dict | None, data,
-             cfg: Config, batch: int = 500) -> tuple[float, float]:
-    """Test accuracy and mean cross-entropy of the global model (eval mode, no tape).
+             cfg: Config, batch: int = 500, split: str = "test") -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of the global model on the test set (``split="test"``)
+    or the validation split (``"validation"``); eval mode, no tape, nothing modified.
 
     ``buffers`` are the global model's (aggregated, AGG-1) BatchNorm running statistics: eval
     mode normalises with them, so they must be the global state's, not the buffers the model
     object was built with."""
     model = models.Model(model.name, model.layers, params, dict(buffers))
-    opts = models.RunOptions(masks=masks, nsconv_stats=cfg.model.nsconv_stats)
+    opts = models.RunOptions(masks=masks, nsconv_stats=cfg.model.nsconv_stats,
+                             relu_gain=cfg.model.relu_gain)
+    x_all, y_all = data.split(split)
     correct, loss_sum = 0, 0.0
-    n = len(data.y_test)
+    n = len(y_all)
     for s in range(0, n, batch):
-        xb, yb = data.batch(data.x_test[s:s + batch]), data.y_test[s:s + batch]
+        xb, yb = data.batch(x_all[s:s + batch]), y_all[s:s + batch]
         logits = models.forward(model, params, xb, train=False, options=opts)
         correct += int(np.sum(np.argmax(logits, axis=1) == yb))
         loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))

@@ -160,14 +160,23 @@ def save_plots(records: list[dict], directory, cfg) -> list[Path]:
     ax = fig.add_subplot(1, 1, 1)
     _mark_adjustments(ax, adjust)
     acc = [100 * r["test_accuracy"] for r in evals]
-    ax.plot([r["round"] for r in evals], acc, "o-", ms=4, color=color,
-            label="test accuracy of the global model")
-    if evals:
-        ax.annotate(f"{acc[-1]:.1f}%", (evals[-1]["round"], acc[-1]), xytext=(0, 7),
-                    textcoords="offset points", ha="center", fontsize=8)
-        ax.set_ylim(0, min(100.0, max(acc) * 1.1 + 3))
+    # a run with a validation split (data.validation) also shows it, dashed
+    vals = [r for r in records if r.get("val_accuracy") is not None]
+    vacc = [100 * r["val_accuracy"] for r in vals]
+    if evals or not vals:
+        ax.plot([r["round"] for r in evals], acc, "o-", ms=4, color=color,
+                label="test accuracy of the global model")
+    if vals:
+        ax.plot([r["round"] for r in vals], vacc, "s--", ms=3, color="#CC79A7",
+                label="validation accuracy (held-out training data)")
+    for rs, ys in ((evals, acc), (vals, vacc)):
+        if rs:
+            ax.annotate(f"{ys[-1]:.1f}%", (rs[-1]["round"], ys[-1]), xytext=(0, 7),
+                        textcoords="offset points", ha="center", fontsize=8)
+    if acc or vacc:
+        ax.set_ylim(0, min(100.0, max(acc + vacc) * 1.1 + 3))
     _round_axis(ax, first, last)
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel("accuracy (%)" if vals else "test accuracy (%)")
     ax.grid(alpha=0.3)
     _legend_below(fig, [ax])
     _title(fig, title)
@@ -178,8 +187,12 @@ def save_plots(records: list[dict], directory, cfg) -> list[Path]:
     _mark_adjustments(ax, adjust)
     ax.plot(rounds, [r["train_loss"] for r in records], "-", color="#CC79A7",
             label="train loss (clients' mean over their local steps)")
-    ax.plot([r["round"] for r in evals], [r["test_loss"] for r in evals], "o-", ms=4,
-            color=color, label="test loss of the global model")
+    if evals or not vals:
+        ax.plot([r["round"] for r in evals], [r["test_loss"] for r in evals], "o-", ms=4,
+                color=color, label="test loss of the global model")
+    if vals:
+        ax.plot([r["round"] for r in vals], [r["val_loss"] for r in vals], "s--", ms=3,
+                color="#E69F00", label="validation loss of the global model")
     ax.set_ylim(bottom=0)
     _round_axis(ax, first, last)
     ax.set_ylabel("cross-entropy (nats per example)")
@@ -233,7 +246,9 @@ def _density_markers(densities) -> dict:
             for i, d in enumerate(sorted({float(d) for d in densities}, reverse=True))}
 
 
-def save_accuracy_overlay(series: list[dict], path, title: str) -> Path:
+def save_accuracy_overlay(series: list[dict], path, title: str,
+                          ylabel: str = "test accuracy (%)", bottom: float | None = 0,
+                          zero_line: bool = False) -> Path:
     """One axis with the test-accuracy curves of several runs.
 
     ``series``: dicts with ``label``, ``method``, ``density`` (float), ``rounds`` (evaluated
@@ -241,6 +256,8 @@ def save_accuracy_overlay(series: list[dict], path, title: str) -> Path:
     (rounds). Method is the colour, density the marker; runs that share both differ in line
     style. Adjustment rounds shared by every run that adjusts are dashed grey lines, otherwise
     each run's are ticks in its colour along the bottom. ``title``: one or two lines.
+    ``ylabel``, ``bottom`` (None: automatic) and ``zero_line`` (a thin line at 0) serve
+    differences of accuracies (the experiment grid's gap against rounds).
     """
     from matplotlib.transforms import blended_transform_factory
 
@@ -279,8 +296,11 @@ def save_accuracy_overlay(series: list[dict], path, title: str) -> Path:
                 label="mask adjustments (ticks in each run's colour)")
     last = max([t for s in series for t in s["rounds"]] + [t for a in adj for t in a] + [1])
     _round_axis(ax, 1, last)
-    ax.set_ylim(bottom=0)
-    ax.set_ylabel("test accuracy (%)")
+    if bottom is not None:
+        ax.set_ylim(bottom=bottom)
+    if zero_line:
+        ax.axhline(0, color="0.2", lw=0.8, zorder=1)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     _legend_below(fig, [ax], ncol=1)
     _title(fig, title)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core._jit import interrupted
-from .client import ClientError, LocalClients
+from .client import ClientError, Diverged, LocalClients
 from .config import Config, load_config, to_toml
 from .data import load_fed_data
 from .engine import run_round
@@ -207,12 +207,23 @@ def _write_partition(out: Path, data, plots: bool, log) -> None:
         log(f"partition.png not written ({_one_line(e)}); partition.txt holds the same table")
 
 
-def summarize(cfg: Config, records: list[dict], seconds: float, rounds_run: int) -> dict:
-    """summary.json: final and best accuracy, memory and communication totals, timing."""
+def summarize(cfg: Config, records: list[dict], seconds: float, rounds_run: int,
+              diverged: Diverged | None = None) -> dict:
+    """summary.json: final and best accuracy, memory and communication totals, timing. With
+    ``run.stop_on_divergence``: ``diverged_round`` (null, or the round a client diverged in:
+    the records end the round before) and ``diverged`` (what was seen); with a validation
+    split, ``final_val_accuracy``."""
     evals = [r for r in records if r["test_accuracy"] is not None]
     last = records[-1] if records else {}
     best = max(evals, key=lambda r: (r["test_accuracy"], -r["round"])) if evals else None
-    return {
+    extra = {}
+    if cfg.run.stop_on_divergence:
+        extra["diverged_round"] = diverged.round if diverged is not None else None
+        extra["diverged"] = str(diverged) if diverged is not None else None
+    if cfg.data.validation > 0:
+        vals = [r for r in records if r.get("val_accuracy") is not None]
+        extra["final_val_accuracy"] = vals[-1]["val_accuracy"] if vals else None
+    return extra | {
         "method": cfg.run.method,
         "norm": cfg.model.norm,
         "bae": cfg.bae.enabled,
@@ -412,10 +423,16 @@ def _run(stack: ExitStack, where: _Where, cfg, out: Path, resume, overwrite, pro
                 if r["test_accuracy"] is not None), None)
     last = cfg.run.rounds if stop_after is None else min(stop_after, cfg.run.rounds)
     digest = hashlib.sha256(kept)  # of metrics.jsonl so far; each checkpoint records it
+    div = None
     try:
         with _threads(cfg.run.threads), open(work / "metrics.jsonl", "ab") as mf:
             for t in range(start + 1, last + 1):
-                state, rec = run_round(cfg, model, state, data, t, clients=executor)
+                try:
+                    state, rec = run_round(cfg, model, state, data, t, clients=executor)
+                except Diverged as e:  # run.stop_on_divergence: the run ends at round t - 1
+                    log(f"stopping: {e}")
+                    div, last = e, t - 1
+                    break
                 _log_transport(work, executor)
                 rec = _jsonable(rec)
                 line = (json.dumps(rec) + "\n").encode("utf-8")
@@ -443,8 +460,8 @@ def _run(stack: ExitStack, where: _Where, cfg, out: Path, resume, overwrite, pro
             swap_in(work, out)
             work, where.state = out, "run"
     seconds = time.perf_counter() - t0
-    summary = summarize(cfg, records, seconds, last - start)
-    if last < cfg.run.rounds:
+    summary = summarize(cfg, records, seconds, last - start, div)
+    if last < cfg.run.rounds and div is None:
         return summary
     write_npz(out / "model.npz", {k: v for k, v in state.to_arrays().items()
                                   if k != "client_mask_version"})

@@ -97,12 +97,15 @@ class RunOptions:
     block and its projection shortcut share one cache of their input (SAP-1). sap_layers:
     ``all`` (SAP-1) or the compat ``plain_conv`` (the authors' DropIT patches plain convolutions
     only: NSConv and linear layers keep their input). Compat: docs/DEVIATIONS.md.
+    relu_gain: every ReLU of the graph computes ``relu_gain · max(x, 0)``, fused or not
+    (``model.relu_gain``; 1, the default, is SPEC's plain ReLU, NSC-4; docs/decisions.md).
     """
 
     masks: dict | None = None
     nsconv_stats: str = "dense"
     sap: SapPolicy | None = None
     sap_layers: str = "all"
+    relu_gain: float = 1.0
 
     def __post_init__(self):
         if self.sap is not None and not isinstance(self.sap, SapPolicy):
@@ -112,6 +115,10 @@ class RunOptions:
         if self.nsconv_stats not in _nsconv.STATS + _nsconv.COMPAT_STATS:
             raise ValueError(f"RunOptions: unknown nsconv_stats {self.nsconv_stats!r}; valid: "
                              f"{', '.join(_nsconv.STATS + _nsconv.COMPAT_STATS)}")
+        if isinstance(self.relu_gain, bool) or not isinstance(self.relu_gain, (int, float)) \
+                or not math.isfinite(self.relu_gain) or not self.relu_gain > 0:
+            raise ValueError(f"RunOptions: relu_gain must be a finite number > 0, received "
+                             f"{self.relu_gain!r}")
         if self.sap_layers not in SAP_LAYERS:
             raise ValueError(f"RunOptions: unknown sap_layers {self.sap_layers!r}; valid: "
                              f"{', '.join(SAP_LAYERS)}")
@@ -196,7 +203,8 @@ def _conv(layer: Conv, params, h, opts, shared=None, relu=False):
     b = params.get(f"{layer.name}.bias")
     mask = opts.masks.get(f"{layer.name}.weight") if opts.masks is not None else None
     sap = opts.sap_for(plain_conv=layer.norm != "nsconv")
-    kw = {"sap": sap, "shared_cache": shared if sap is not None else None, "relu": relu}
+    kw = {"sap": sap, "shared_cache": shared if sap is not None else None, "relu": relu,
+          "relu_gain": opts.relu_gain if relu else 1.0}
     if layer.norm == "nsconv":
         if mask is None:
             mask = WeightMask.counts(layer.weight_shape, math.prod(layer.weight_shape))
@@ -245,7 +253,7 @@ def _run(layers, model, params, h, train, opts, shared=None, last="input"):
                     h = _batch_norm(layer, model, params, h, train)
             if fused and layer.norm == "bn":
                 with scope(f"{layer.name}.relu"):
-                    h = F.relu(h)
+                    h = F.relu(h, gain=opts.relu_gain)
             last = layer.name
         elif isinstance(layer, Linear):
             with scope(layer.name):
@@ -254,7 +262,7 @@ def _run(layers, model, params, h, train, opts, shared=None, last="input"):
             last = layer.name
         elif isinstance(layer, ReLU):
             with scope(f"{last}.relu"):
-                h = F.relu(h)
+                h = F.relu(h, gain=opts.relu_gain)
         elif isinstance(layer, MaxPool):
             with scope(f"{last}.maxpool"):
                 h = F.max_pool2d(h, layer.kernel, layer.stride)
@@ -276,7 +284,7 @@ def _run(layers, model, params, h, train, opts, shared=None, last="input"):
             last = block
             if layer.relu:
                 with scope(f"{block}.relu"):
-                    h = F.relu(h)
+                    h = F.relu(h, gain=opts.relu_gain)
         else:  # pragma: no cover - guarded by the builders
             raise TypeError(f"unknown layer {layer!r}")
     return h

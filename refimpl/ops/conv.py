@@ -58,6 +58,7 @@ class ConvParams:
     shared: SharedCache | None = None  # one cache for every layer reading this input (SAP-1)
     packed: bool = False
     relu: bool = False  # y = relu(conv(x) + b), computed in place in the output buffer
+    relu_gain: float = 1.0  # with relu: y = relu_gain · relu(conv(x) + b) (model.relu_gain)
 
     @property
     def geometry(self):
@@ -154,6 +155,8 @@ def conv2d_fwd(inputs, p, needs):
     if p.relu:  # ReLU'(0) = 0 (CONV-5): the kept bitmap is (y > 0), as the relu primitive's
         np.maximum(y, y.dtype.type(0), out=y)
         bits = np.packbits(y > 0, axis=None, bitorder="little")
+        if p.relu_gain != 1.0:  # a positive gain keeps the bitmap: (g·y > 0) = (y > 0)
+            y *= y.dtype.type(p.relu_gain)
     xc, cache = _cache_input(x, p.sap, p.shared, needs[1])
     return y, ConvRes(xc, w if needs[0] else None, x.shape, w.shape, cache, bits)
 
@@ -164,6 +167,8 @@ def conv2d_vjp(res, g, p, needs):
         n = int(np.prod(g.shape))
         positive = np.unpackbits(res.relu_bits, count=n, bitorder="little").reshape(g.shape)
         g = g * positive.astype(g.dtype)
+        if p.relu_gain != 1.0:
+            g *= g.dtype.type(p.relu_gain)
     x = _cached_input(res) if needs[1] else None
     if p.mask is None:
         if needs[0]:

@@ -21,10 +21,24 @@ class ReluRes(Residual):
     shape: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class ReluParams:
+    """``gain``: y = gain · max(x, 0), gain > 0 (``model.relu_gain``); no params means 1."""
+
+    gain: float = 1.0
+
+
+def _gain(params) -> float:
+    return 1.0 if params is None else params.gain
+
+
 def relu_fwd(inputs, params, needs):
-    """y = max(x, 0). ReLU'(0) = 0 (CONV-5), so the kept bitmap is (x > 0)."""
+    """y = gain · max(x, 0) (gain 1 without params). ReLU'(0) = 0 (CONV-5), so the kept bitmap
+    is (x > 0); a positive gain does not change it."""
     (x,) = inputs
     y = np.maximum(x, x.dtype.type(0))
+    if _gain(params) != 1.0:
+        y *= y.dtype.type(params.gain)
     res = ReluRes(np.packbits(x > 0, axis=None, bitorder="little"), x.shape) if needs[0] else None
     return y, res
 
@@ -32,7 +46,10 @@ def relu_fwd(inputs, params, needs):
 def relu_vjp(res, g, params, needs):
     n = int(np.prod(res.shape))
     positive = np.unpackbits(res.bits, count=n, bitorder="little").reshape(res.shape)
-    return (g * positive.astype(g.dtype),)
+    dx = g * positive.astype(g.dtype)
+    if _gain(params) != 1.0:
+        dx *= dx.dtype.type(params.gain)
+    return (dx,)
 
 
 def relu_plan(specs, params, needs):

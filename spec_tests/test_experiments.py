@@ -1,0 +1,157 @@
+# covers: FL-1, FL-2, PG-1, MEM-3, MEM-5
+"""The experiment grid of docs/results.md (benchmarks/experiments.py; docs/federated.md, "Plots";
+issue 18): the tuning never reads the test set and picks the best validation score among runs
+that did not diverge; the final runs use the winner's rate; the page is built from the run
+directories alone, every finding cites rows the page's tables hold, and its pictures decode.
+The run directories here are synthetic (their files written by the test), so the page's
+generator is checked without hours of training; `--quick` runs the real pipeline."""
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from refimpl.fl import load_config, plots
+from refimpl.fl.config import to_toml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _experiments():
+    """benchmarks/experiments.py as a module (registered first: its dataclasses need it)."""
+    name = "fedmef_benchmarks_experiments"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name,
+                                                      ROOT / "benchmarks" / "experiments.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+def _value(sets, key):
+    return next(s.split("=", 1)[1] for s in sets if s.startswith(key + "="))
+
+
+def _write_run(run, rng, quality: float, diverge_at=None):
+    """A finished (or diverged) run directory with the files the page reads."""
+    cfg = load_config(sets=[s for s in run.sets if not s.startswith("data.root=")])
+    d = run.path
+    d.mkdir(parents=True)
+    (d / "config.toml").write_text(to_toml(cfg))
+    last = run.rounds if diverge_at is None else diverge_at - 1
+    recs = []
+    for t in range(1, last + 1):
+        acc = quality * (1 - 0.5 ** t) + 0.01 * rng.standard_normal()
+        ev = t % cfg.run.eval_every == 0 or t == cfg.run.rounds
+        adj = cfg.dynamic and t % cfg.sparse.delta_t == 0 and t <= cfg.t_end
+        split = cfg.run.eval_split
+        rec = {"round": t, "train_loss": 1.0,
+               "test_accuracy": acc if ev and split != "validation" else None,
+               "val_accuracy": acc + 0.01 if ev and split != "test" else None,
+               "adjustment": adj,
+               "marked_norm_before": 2.0 if adj else None,
+               "marked_norm_after": 1.0 if adj else None}
+        if cfg.run.eval_around_adjustment:
+            rec["adjustment_eval"] = ({"before": {"test_accuracy": acc},
+                                       "after": {"test_accuracy": acc - 0.02}} if adj else None)
+        recs.append(rec)
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    summary = {"rounds_completed": last, "final_test_accuracy": recs[-1]["test_accuracy"]
+               if recs else None, "bytes_up_total": 1000, "bytes_down_total": 2000,
+               "seconds_per_round": 1.5, "activation_bytes_max": 0}
+    if cfg.run.stop_on_divergence:
+        summary["diverged_round"] = diverge_at
+    (d / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """The quick grid with synthetic files: the sweep's best validation score sits at a
+    diverged rate for one setting, which must not win."""
+    ex = _experiments()
+    out = tmp_path_factory.mktemp("grid")
+    rng = np.random.default_rng(0)
+    scale = ex.QUICK
+    roots = {"mnist-pureml": "/nonexistent/pureml.whl"}
+    truth = {}
+    for run in ex.sweep_runs(scale, out, roots):
+        setting, lr = run.path.name.rsplit("-lr", 1)[0], run.path.name.split("-lr")[1][:-3]
+        diverge = 2 if (setting == "fedmef" and lr == scale.lrs[-1]) else None
+        quality = 0.9 if diverge else 0.5 + 0.2 * scale.lrs.index(lr) / len(scale.lrs) \
+            + (0.1 if setting.startswith("fedmef") else 0)
+        _write_run(run, rng, quality, diverge)
+        if diverge is None:
+            truth.setdefault(setting, {})[lr] = quality
+    winners = {s: max(v, key=v.get) for s, v in truth.items()}
+    for run in ex.final_runs(scale, out, roots, winners):
+        _write_run(run, rng, 0.8 if "fedmef" in run.path.name else 0.75)
+    page = out / "results.md"
+    text = ex.report(scale, out, page, "python benchmarks/experiments.py --quick")
+    return ex, scale, out, page, text, winners, roots
+
+
+def test_sweep_never_reads_the_test_set_and_finals_use_the_winner(grid):
+    ex, scale, out, _, _, winners, roots = grid
+    for run in ex.sweep_runs(scale, out, roots):
+        assert "run.eval_split=validation" in run.sets
+        assert "run.stop_on_divergence=true" in run.sets
+        assert float(_value(run.sets, "data.validation")) > 0
+    _, picked = ex.sweep_table(scale, out)
+    assert picked == winners
+    assert picked["fedmef"] != scale.lrs[-1]  # the diverged rate scored best and lost
+    for run in ex.final_runs(scale, out, roots, picked):
+        row = next(r for r in ex.rows(scale) if run.path.name.startswith(r.name + "-s"))
+        setting = ex.swept(ex.SETTING[row.setting]).name
+        assert _value(run.sets, "train.lr") == picked[setting]
+        assert _value(run.sets, "data.validation") == str(scale.validation)
+        assert "run.eval_split=test" in run.sets
+
+
+def test_every_finding_cites_rows_of_the_page(grid):
+    _, _, out, _, text, _, _ = grid
+    ids = set(re.findall(r"^\| ([A-Z]:[^ |]+) \|", text, flags=re.M))
+    findings = text.split("## Findings")[1].split("\n## ")[0]
+    bullets = [b for b in findings.splitlines() if b.startswith("- ")]
+    assert len(bullets) >= 6
+    for b in bullets:
+        cited = re.findall(r"\[([^\]]+)\]", b)
+        assert cited, b
+        for group in cited:
+            for c in group.split(", "):
+                if c.endswith("*"):
+                    assert any(i.startswith(c[:-1]) for i in ids), c
+                else:
+                    assert c in ids, c
+    assert "diverged at round 2" in text
+    # every row names its run directories, which exist
+    for name in re.findall(r"`(final/[^`]+)`", text):
+        assert (out / name).is_dir()
+
+
+def test_the_page_holds_its_sections_and_pictures(grid):
+    _, scale, _, page, text, _, _ = grid
+    for head in ("## Tuning", "## Headline", "## Accuracy gap against rounds", "## BaE",
+                 "## Where NSConv's cost goes", "## A second dataset", "## Memory beside "
+                 "accuracy", "## Findings"):
+        assert head in text
+    assert "28.5%" in text and ("supports" in text or "refutes" in text)
+    names = re.findall(r"!\[([^\]]+)\]\(results/", text)
+    assert set(names) == {"accuracy_d0.1.png", "accuracy_d0.05.png", "gap_vs_rounds.png",
+                          "pareto_footprint.png", "pareto_training_peak.png"}
+    for n in names:
+        kind = "footprint" if n.startswith("pareto") else "overlay"
+        w, h = plots.SIZES[kind]
+        img = matplotlib.image.imread(page.parent / "results" / n)
+        assert img.shape[:2] == (round(h * plots.DPI), round(w * plots.DPI))
+        assert float(np.std(img[..., :3])) > 0.01
+    # the memory columns are the ledger's: FedMef's footprint and peak below prune-and-grow's
+    row = {m: re.search(rf"^\| H:{m}-d0.1 \|.*$", text, flags=re.M).group(0).split(" | ")
+           for m in ("fedmef", "prune_grow")}
+    assert float(row["fedmef"][7].replace(",", "")) < float(row["prune_grow"][7].replace(",", ""))
+    assert float(row["fedmef"][8].replace(",", "")) < float(row["prune_grow"][8].replace(",", ""))
