@@ -166,7 +166,8 @@ def conv2d_vjp(res, g, p, needs):
     if p.relu:
         n = int(np.prod(g.shape))
         positive = np.unpackbits(res.relu_bits, count=n, bitorder="little").reshape(g.shape)
-        g = g * positive.astype(g.dtype)
+        g = g * positive  # uint8 0/1 promotes to g's dtype: no float copy of the mask
+        del positive
         if p.relu_gain != 1.0:
             g *= g.dtype.type(p.relu_gain)
     x = _cached_input(res) if needs[1] else None

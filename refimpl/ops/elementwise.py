@@ -46,7 +46,7 @@ def relu_fwd(inputs, params, needs):
 def relu_vjp(res, g, params, needs):
     n = int(np.prod(res.shape))
     positive = np.unpackbits(res.bits, count=n, bitorder="little").reshape(res.shape)
-    dx = g * positive.astype(g.dtype)
+    dx = g * positive  # uint8 0/1 promotes to g's dtype: no float copy of the mask
     if _gain(params) != 1.0:
         dx *= dx.dtype.type(params.gain)
     return (dx,)
