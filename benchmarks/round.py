@@ -22,7 +22,7 @@ from refimpl.fl.client import RoundPlan, _batches, local_train
 from refimpl.fl.config import load_config
 from refimpl.fl.data import load_fed_data
 from refimpl.fl.engine import run_round, should_evaluate
-from refimpl.fl.nets import NSCONV_EPS
+from refimpl.functional import NSCONV_EPS
 from refimpl.fl.schedule import is_extrusion, learning_rate
 from refimpl.fl.server import sample_clients
 from refimpl.fl.state import GlobalState, build_model, init_state
