@@ -61,6 +61,35 @@ def test_dense_kernels_agree(cfg, seed, dtype):
             np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
 
 
+@given(conv_case(), seeds, dtypes)
+def test_dense_data_moves_are_bit_identical_twins(cfg, seed, dtype):
+    """The moves around the dense GEMM (pad, im2col, col2im, unpad and the two transposes to
+    and from the channel-major layout) copy and add in the same order in all three twins, so
+    the compiled loops the default path uses give exactly NumPy's bytes."""
+    x, w, _, g = _arrays(cfg, seed, dtype)
+    (sh, sw), (ph, pw), (dh, dw) = cfg["stride"], cfg["padding"], cfg["dilation"]
+    kh, kw = cfg["kh"], cfg["kw"]
+    n, c, h, wd = x.shape
+    o, oh, ow = g.shape[1:]
+    rng = np.random.default_rng(seed)
+    dcols = rng.standard_normal((c * kh * kw, n * oh * ow)).astype(dtype)
+    bias = rng.standard_normal(o).astype(dtype)
+    y2 = rng.standard_normal((o, n * oh * ow)).astype(dtype)
+    got = {}
+    for impl in ("naive", "np", "jit"):
+        m = K._MOVES
+        xp = m["pad"][impl](x, ph, pw, np.empty((n, c, h + 2 * ph, wd + 2 * pw), dtype))
+        cols = m["im2col"][impl](xp, kh, kw, sh, sw, dh, dw, oh, ow,
+                                 np.empty((c * kh * kw, n * oh * ow), dtype))
+        dxp = m["col2im"][impl](dcols, kh, kw, sh, sw, dh, dw, oh, ow, np.empty_like(xp))
+        dx = m["unpad"][impl](dxp, ph, pw, np.empty_like(x))
+        ys = [m["from_channel_major"][impl](y2, bias, has, np.empty((n, o, oh * ow), dtype))
+              for has in (False, True)]
+        gcm = m["to_channel_major"][impl](g.reshape(n, o, -1), np.empty((o, n * oh * ow), dtype))
+        got[impl] = [a.tobytes() for a in (xp, cols, dxp, dx, *ys, gcm)]
+    assert got["naive"] == got["np"] == got["jit"]
+
+
 @given(conv_case(), seeds, dtypes, st.sampled_from([0.0, 0.1, 0.5, 1.0]))
 def test_masked_kernels_agree_with_dense_on_masked_weight(cfg, seed, dtype, density):
     x, w, mask, g = _arrays(cfg, seed, dtype, density)
