@@ -116,13 +116,13 @@ def test_masked_kernels_agree_with_dense_on_masked_weight(cfg, seed, dtype, dens
         assert y.dtype == dx.dtype == dw.dtype == dtype
 
 
-@given(conv_case(stride1=True), seeds, dtypes, st.sampled_from([0.1, 0.5, 1.0]))
+@given(conv_case(max_batch=9, stride1=True), seeds, dtypes, st.sampled_from([0.1, 0.5, 1.0]))
 def test_wide_rows_kernels_are_the_loops_bit_for_bit(cfg, seed, dtype, density):
-    """The stride-1 "wide rows" kernels (four terms per pass, a transposed index for the input
-    gradient) add every output's terms in the order of the general loops: the forward and the
-    input gradient are bit-identical to the naive general loops, and every wide kernel's naive
-    twin (interpreted) is bit-identical to its compiled version; the weight gradient agrees
-    with the dense oracle on W ⊙ M."""
+    """The stride-1 "wide rows" kernels (four terms per pass, samples stacked end to end, a
+    transposed index for the input gradient) add every output's terms in the order of the
+    general loops: the forward and the input gradient are bit-identical to the naive general
+    loops, and every wide kernel's naive twin (interpreted) is bit-identical to its compiled
+    version; the weight gradient agrees with the dense oracle on W ⊙ M."""
     x, w, mask, g = _arrays(cfg, seed, dtype, density)
     geom = _geom(cfg)
     index = MK.build_index(mask)
