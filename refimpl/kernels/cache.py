@@ -22,8 +22,9 @@ Selection in linear time, without sorting:
   indices: ``last`` is the index of the last kept one). When the bracket reaches down to 0 and t
   is 0 (a ReLU output at γ below its zero fraction), every nonzero entry is kept plus the first
   zeros. The bracket comes from a sample when the tensor is large (>= 4·16384 entries): the
-  top-14-bit histogram of every s-th entry (s odd, about 16384 of them) gives the bins that
-  hold the threshold's rank with a margin of four standard deviations; when the counts show
+  top-14-bit histogram of every s-th entry (s a prime >= 11, so coprime with the tensor's
+  sizes; about 16384 entries) gives the bins that hold the threshold's rank with a margin of
+  four standard deviations; when the counts show
   that t is not inside (data the sample does not represent), the exact top-11-bit histogram of
   every entry gives the bin instead. Either way the kept set is exact. A last pass writes the
   keep mask: |x| >= t up to ``last``, |x| > t after it. Scratch: numel bytes of flags, 8 bytes
@@ -53,7 +54,7 @@ __all__ = ["IMPLS", "keep_bits", "unpack", "masked_copy", "compact", "decode_bit
 
 IMPLS = ("naive", "np", "jit")
 _DIGIT = 11  # bits of a radix digit: 2048 int64 counters (16 KiB) stay in L1
-_SAMPLE = 16384  # about this many entries, at a fixed odd stride, bracket the threshold
+_SAMPLE = 16384  # at most about this many entries, at a prime stride, bracket the threshold
 _SAMPLE_DIGIT = 14  # the sample's histogram: finer bins, a narrower bracket
 #: Per float width: (integer view, |x| bit mask, bit pattern of +inf).
 _BITS = {4: (np.int32, 0x7FFFFFFF, 0x7F800000),
@@ -457,10 +458,14 @@ def _bracketed(u, abs_mask, k, lo, hi, shift, prefix, hist, impl):
 
 
 def _sample_step(n: int) -> int:
-    """The stride of the threshold's sample: about _SAMPLE entries, odd, so that it walks
-    through every column and channel of an NCHW tensor (an even stride over rows of 16 would
-    sample two columns only)."""
-    return (n // _SAMPLE) | 1
+    """The stride of the threshold's sample: about _SAMPLE entries, and a prime of at least 11,
+    so that it is coprime with an NCHW tensor's usual sizes and walks through every column,
+    row and channel (a stride of 7 over rows of 14 sampled two columns only: a biased sample
+    whose bracket missed in 4 calls of 5)."""
+    step = max(11, n // _SAMPLE)
+    while any(step % d == 0 for d in range(2, math.isqrt(step) + 1)):
+        step += 1
+    return step
 
 
 def threshold(x, k: int, impl: str = "jit") -> tuple[int, int]:
