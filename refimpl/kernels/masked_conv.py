@@ -42,11 +42,22 @@ IMPLS = ("naive", "jit")
 class WeightIndex:
     """The weight index of one masked layer (module docstring). ``shape`` is the weight's."""
 
-    __slots__ = ("ptr", "off", "shape", "layouts")
+    __slots__ = ("ptr", "off", "shape", "layouts", "_flat")
 
     def __init__(self, ptr: np.ndarray, off: np.ndarray, shape: tuple[int, ...]):
         self.ptr, self.off, self.shape = ptr, off, tuple(shape)
         self.layouts = {}  # per input geometry: the stride-1 kernels' offsets (_WideLayout)
+        self._flat = None
+
+    @property
+    def flat(self) -> np.ndarray:
+        """Each entry's flat position in the dense weight (o·C/g·KH·KW + off), int64; made on
+        first use and kept (gather and scatter run every step)."""
+        if self._flat is None:
+            fan = int(np.prod(self.shape[1:]))
+            rows = np.repeat(np.arange(self.shape[0], dtype=np.int64), np.diff(self.ptr))
+            self._flat = rows * fan + self.off
+        return self._flat
 
     @property
     def nnz(self) -> int:
@@ -66,7 +77,7 @@ class WeightMask:
     trace (the memory ledger), and of a dense layer, whose all-true mask is made on demand.
     """
 
-    __slots__ = ("_mask", "shape", "nnz", "_index")
+    __slots__ = ("_mask", "shape", "nnz", "size", "_index")
 
     def __init__(self, mask: np.ndarray):
         m = np.asarray(mask)
@@ -74,6 +85,7 @@ class WeightMask:
             raise TypeError(f"WeightMask: expected a bool mask, received dtype {m.dtype}")
         self._mask = m
         self.shape = tuple(m.shape)
+        self.size = int(m.size)
         self.nnz = int(np.count_nonzero(m))
         self._index = None
 
@@ -84,11 +96,8 @@ class WeightMask:
             raise ValueError(f"WeightMask.counts: nnz must lie in [0, {size}], received {nnz}")
         self = cls.__new__(cls)
         self._mask, self.shape, self.nnz, self._index = None, tuple(shape), int(nnz), None
+        self.size = size
         return self
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
 
     @property
     def dense(self) -> bool:
@@ -135,17 +144,13 @@ def build_index(mask: np.ndarray) -> WeightIndex:
 
 def gather(w: np.ndarray, index: WeightIndex) -> np.ndarray:
     """The active values (nnz,) of a dense weight, in index order (= ``w[mask]``)."""
-    o = w.shape[0]
-    rows = np.repeat(np.arange(o), np.diff(index.ptr))
-    return np.ascontiguousarray(w.reshape(o, -1)[rows, index.off])
+    return np.ascontiguousarray(w).reshape(-1).take(index.flat)
 
 
 def scatter(val: np.ndarray, index: WeightIndex) -> np.ndarray:
     """The dense weight (zeros off the mask) of active values in index order."""
-    o = index.shape[0]
-    dense = np.zeros((o, int(np.prod(index.shape[1:]))), dtype=val.dtype)
-    rows = np.repeat(np.arange(o), np.diff(index.ptr))
-    dense[rows, index.off] = val
+    dense = np.zeros(int(np.prod(index.shape)), dtype=val.dtype)
+    dense[index.flat] = val
     return dense.reshape(index.shape)
 
 
