@@ -1,11 +1,18 @@
-"""Shared benchmark plumbing: explicit thread counts for every library, and a best-of timer.
+"""Shared benchmark plumbing: explicit thread counts for every library, paired timings, the
+machine's sgemm rate, and a description of the machine.
 
-Benchmarks never assert speed; they print ratios against a peer run in the same process.
+Benchmarks never assert speed; they print ratios against a peer run in the same process. A
+figure is measured as ``repeats`` pairs: in each pair ours and the peer run back to back (each
+the best of a few inner runs), and the pair gives one ratio; the figure is the median of those
+ratios with their spread (min..max), so a burst of load on a shared machine widens the spread
+instead of moving the figure.
 """
 
 from __future__ import annotations
 
 import os
+import platform
+import statistics
 import sys
 import time
 
@@ -44,3 +51,94 @@ def best_of(fn, repeat: int = 7, warmup: int = 2) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+class Figure:
+    """The samples of one measured quantity: median and spread (min, max)."""
+
+    def __init__(self, samples):
+        self.samples = [float(s) for s in samples]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def lo(self) -> float:
+        return min(self.samples)
+
+    @property
+    def hi(self) -> float:
+        return max(self.samples)
+
+    def fmt(self, scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
+        return (f"{self.median * scale:.{digits}f}{unit} "
+                f"({self.lo * scale:.{digits}f}..{self.hi * scale:.{digits}f})")
+
+    def as_dict(self) -> dict:
+        return {"median": self.median, "min": self.lo, "max": self.hi, "n": len(self.samples)}
+
+
+def paired(cases: dict, repeats: int = 7, inner: int = 3, warmup: int = 1) -> dict:
+    """Interleaved timings: per repeat, every case runs ``inner`` times back to back and keeps
+    its best wall time. Returns {name: [seconds per repeat]}."""
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    out = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            best = float("inf")
+            for _ in range(inner):
+                t0 = time.perf_counter()
+                fn()
+                best = min(best, time.perf_counter() - t0)
+            out[name].append(best)
+    return out
+
+
+def ratio(times: dict, num: str, den: str) -> Figure:
+    """The per-repeat ratio times[num] / times[den]."""
+    return Figure(a / b for a, b in zip(times[num], times[den], strict=True))
+
+
+def sgemm_rate(threads: int, size: int = 1024, repeats: int = 5) -> Figure:
+    """This machine's float32 GEMM rate (GFLOP/s) through NumPy's BLAS at ``threads`` threads,
+    per repeat the best of 3 products of two size x size matrices: the physical limit the
+    convolutions are compared with."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size)).astype(np.float32)
+    b = rng.standard_normal((size, size)).astype(np.float32)
+    with threadpool_limits(limits=threads):
+        times = paired({"gemm": lambda: a @ b}, repeats=repeats, inner=3)["gemm"]
+    return Figure(2 * size ** 3 / t / 1e9 for t in times)
+
+
+def machine() -> dict:
+    """CPU model, core count and library versions, for the report's header."""
+    import numpy as np
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__}
+    for mod in ("numba", "torch", "threadpoolctl"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except ImportError:
+            info[mod] = "absent"
+    try:
+        info["load"] = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        info["load"] = "?"
+    return info

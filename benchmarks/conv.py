@@ -1,9 +1,10 @@
 """Dense conv2d forward + backward (input and weight gradients) of refimpl's kernel paths, as
-ratios to PyTorch CPU measured in the same process with the same thread count.
+ratios to PyTorch CPU measured in the same process with the same thread count, and each op's
+achieved GFLOP/s beside this machine's sgemm rate (benchmarks/_common.py).
 
 Reference layer (issue "foundation"): N=32, 16 -> 32 channels, 16x16, 3x3, padding 1, float32.
 
-    .venv/bin/python benchmarks/conv.py [--threads 2] [--repeat 7]
+    .venv/bin/python benchmarks/conv.py [--threads 2] [--repeats 7] [--numba]
 """
 
 from __future__ import annotations
@@ -11,51 +12,85 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _common import best_of, set_threads
+from _common import Figure, paired, ratio, set_threads, sgemm_rate
 
 from refimpl.kernels import conv as K
+
+LAYER = "N=32, 16->32 ch, 16x16, 3x3, pad 1, float32"
+
+
+def reference(rng, n=32, c=16, o=32, hw=16, k=3):
+    x = rng.standard_normal((n, c, hw, hw)).astype(np.float32)
+    w = (rng.standard_normal((o, c, k, k)) * 0.1).astype(np.float32)
+    geom = ((1, 1), (1, 1), (1, 1), 1)
+    g = rng.standard_normal(K.conv2d_output_shape(x.shape, w.shape, *geom)).astype(np.float32)
+    return x, w, g, geom
+
+
+def flops(x, w, g) -> float:
+    """Multiply-adds x 2 of one conv pass (forward, input or weight gradient: all equal)."""
+    return 2.0 * g.size * w[0].size
+
+
+def measure(threads: int, repeats: int = 7, numba: bool = False) -> dict:
+    """Figures at ``threads`` threads: ratio to PyTorch of fwd+bwd, GFLOP/s of each op."""
+    _keep, info = set_threads(threads)
+    import torch
+
+    x, w, g, geom = reference(np.random.default_rng(0))
+    tx, tw, tg = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True), \
+        torch.tensor(g)
+
+    def theirs():
+        tx.grad = tw.grad = None
+        torch.nn.functional.conv2d(tx, tw, padding=1).backward(tg)
+
+    def op(name, impl):
+        return {"forward": lambda: K.conv2d_forward(x, w, *geom, impl=impl),
+                "grad_input": lambda: K.conv2d_grad_input(g, w, x.shape, *geom, impl=impl),
+                "grad_weight": lambda: K.conv2d_grad_weight(x, g, w.shape, *geom,
+                                                            impl=impl)}[name]
+
+    def step(impl):
+        def run():
+            for name in ("forward", "grad_input", "grad_weight"):
+                op(name, impl)()
+        return run
+
+    cases = {"torch": theirs, "np": step("np")}
+    cases.update({f"np {name}": op(name, "np") for name in ("forward", "grad_input",
+                                                            "grad_weight")})
+    if numba:
+        cases["jit"] = step("jit")
+    times = paired(cases, repeats=repeats)
+    f = flops(x, w, g)
+    out = {"info": info, "layer": LAYER, "threads": threads,
+           "ratio_np": ratio(times, "np", "torch"),
+           "torch_gflops": Figure(3 * f / t / 1e9 for t in times["torch"]),
+           "sgemm_gflops": sgemm_rate(threads)}
+    for name in ("forward", "grad_input", "grad_weight"):
+        out[f"gflops {name}"] = Figure(f / t / 1e9 for t in times[f"np {name}"])
+    if numba:
+        out["ratio_jit"] = ratio(times, "jit", "torch")
+    return out
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=7)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--numba", action="store_true",
+                    help="also time the direct Numba loops (the compiled oracle; slow)")
     args = ap.parse_args(argv)
-    _keep, info = set_threads(args.threads)
-    import torch
-
-    rng = np.random.default_rng(0)
-    n, c, o, hw, k = args.batch, 16, 32, 16, 3
-    x = rng.standard_normal((n, c, hw, hw)).astype(np.float32)
-    w = (rng.standard_normal((o, c, k, k)) * 0.1).astype(np.float32)
-    geom = ((1, 1), (1, 1), (1, 1), 1)
-    g = rng.standard_normal(K.conv2d_output_shape(x.shape, w.shape, *geom)).astype(np.float32)
-
-    def ours(impl):
-        def step():
-            K.conv2d_forward(x, w, *geom, impl=impl)
-            K.conv2d_grad_input(g, w, x.shape, *geom, impl=impl)
-            K.conv2d_grad_weight(x, g, w.shape, *geom, impl=impl)
-        return step
-
-    tx = torch.tensor(x, requires_grad=True)
-    tw = torch.tensor(w, requires_grad=True)
-    tg = torch.tensor(g)
-
-    def theirs():
-        tx.grad = tw.grad = None
-        y = torch.nn.functional.conv2d(tx, tw, padding=1)
-        y.backward(tg)
-
-    t_torch = best_of(theirs, args.repeat)
-    print(f"conv2d fwd+bwd, N={n}, {c}->{o} ch, {hw}x{hw}, {k}x{k}, pad 1, float32; {info}")
-    print(f"  {'pytorch':<22}{t_torch * 1e3:8.2f} ms   1.00x")
-    for impl, label in (("np", "refimpl np (default)" if K.DEFAULT_IMPL == "np" else "refimpl np"),
-                        ("jit", "refimpl numba" + (" (default)" if K.DEFAULT_IMPL == "jit"
-                                                   else ""))):
-        t = best_of(ours(impl), args.repeat)
-        print(f"  {label:<22}{t * 1e3:8.2f} ms {t / t_torch:6.2f}x")
+    r = measure(args.threads, args.repeats, args.numba)
+    print(f"conv2d fwd+bwd, {LAYER}; {r['info']}; median (min..max) of {args.repeats} pairs")
+    print(f"  refimpl np (default) / pytorch   {r['ratio_np'].fmt()}x")
+    if args.numba:
+        print(f"  refimpl numba loops / pytorch    {r['ratio_jit'].fmt()}x")
+    for name in ("forward", "grad_input", "grad_weight"):
+        print(f"  {name:<12} {r[f'gflops {name}'].fmt(digits=1)} GFLOP/s")
+    print(f"  pytorch fwd+bwd {r['torch_gflops'].fmt(digits=1)} GFLOP/s; "
+          f"sgemm {r['sgemm_gflops'].fmt(digits=1)} GFLOP/s")
 
 
 if __name__ == "__main__":

@@ -8,24 +8,23 @@ BaE. refimpl is timed twice: as configured (sparse, SAP, BaE when the round extr
 twin's dense equivalent (density 1, γ 0), so the ratio separates the engine from the method.
 Nothing is asserted; the ratios are printed.
 
-    .venv/bin/python benchmarks/round.py [--threads 2] [--round 1] [--repeat 3] [--set k=v ...]
+    .venv/bin/python benchmarks/round.py [--threads 2] [--round 1] [--repeats 5] [--set k=v ...]
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
-from _common import set_threads
+from _common import Figure, paired, ratio, set_threads
 
 from refimpl.fl.client import RoundPlan, _batches, local_train
 from refimpl.fl.config import load_config
 from refimpl.fl.data import load_fed_data
 from refimpl.fl.engine import run_round, should_evaluate
-from refimpl.fl.nets import NSCONV_EPS
 from refimpl.fl.schedule import is_extrusion, learning_rate
 from refimpl.fl.server import sample_clients
 from refimpl.fl.state import GlobalState, build_model, init_state
+from refimpl.functional import NSCONV_EPS
 from refimpl.models.graph import Conv, GlobalAvgPool, Linear, MaxPool, ReLU, ResidualBlock
 
 
@@ -82,33 +81,19 @@ def torch_round(torch, cfg, model, params, data, clients, t):
                     v -= lr * g
 
 
-def best(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--round", type=int, default=1, help="round t to time (1..R)")
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--preset", default="demo")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = ap.parse_args(argv)
-    _keep, info = set_threads(args.threads)
+def measure(threads: int, repeats: int = 5, t: int = 1, preset: str = "demo", sets=()) -> dict:
+    """Figures at ``threads`` threads: per repeat the full round, refimpl's dense local training
+    and the PyTorch twin, back to back; ratios to the twin per repeat."""
+    _keep, info = set_threads(threads)
     import torch
 
-    cfg = load_config(args.preset, sets=args.set)
-    dense_cfg = load_config(args.preset, sets=args.set + [
+    sets = list(sets)
+    cfg = load_config(preset, sets=sets)
+    dense_cfg = load_config(preset, sets=sets + [
         "run.method=fedavg", "sparse.density=1", "bae.enabled=false", "sap.gamma=0"])
     data = load_fed_data(cfg)
     model = build_model(cfg, data.input_shape[0], data.num_classes)
     state = init_state(cfg, model)
-    t = args.round
     state = GlobalState(t - 1, state.params, state.buffers, state.masks, state.mask_version,
                         state.client_mask_version)
     clients = sample_clients(cfg.run.seed, t, cfg.data.num_clients, cfg.train.clients_per_round)
@@ -121,27 +106,44 @@ def main(argv=None) -> None:
         for k in clients:
             local_train(model, dense_params, model.buffers, None, data, int(k), plan, dense_cfg)
 
-    # warm up: compiles (or loads) every kernel both paths use
-    run_round(cfg, model, state, data, t)
-    ours_dense()
-    torch_round(torch, cfg, model, dense_params, data, clients, t)
-
-    t_round = best(lambda: run_round(cfg, model, state, data, t), args.repeat)
-    t_dense = best(ours_dense, args.repeat)
-    t_torch = best(lambda: torch_round(torch, cfg, model, dense_params, data, clients, t),
-                   args.repeat)
-    print(f"demo round t={t}: {len(clients)} clients, {iters} local iterations (B="
-          f"{cfg.train.batch_size}), model {cfg.model.name}/{cfg.model.norm}; torch "
-          f"{torch.__version__}; {info}")
+    # one warm-up run each (compiles or loads every kernel both paths use), then paired repeats
+    times = paired({"round": lambda: run_round(cfg, model, state, data, t),
+                    "dense": ours_dense,
+                    "torch": lambda: torch_round(torch, cfg, model, dense_params, data, clients,
+                                                 t)},
+                   repeats=repeats, inner=1)
     what = (f"{cfg.run.method} (density {cfg.sparse.density:g}, SAP γ {cfg.sap.gamma:g}, BaE "
             f"{'extruding' if is_extrusion(cfg, t) else 'idle'} this round)")
-    print(f"  {'pytorch twin, dense local training':<52}{t_torch:8.3f} s   1.00x")
-    print(f"  {'refimpl dense local training (same work)':<52}{t_dense:8.3f} s "
-          f"{t_dense / t_torch:6.2f}x")
-    print(f"  {'refimpl full round: ' + what:<52}{t_round:8.3f} s {t_round / t_torch:6.2f}x")
-    if should_evaluate(cfg, t):
+    return {"info": info, "threads": threads, "torch": torch.__version__, "round": t,
+            "clients": len(clients), "iterations": iters, "batch": cfg.train.batch_size,
+            "model": f"{cfg.model.name}/{cfg.model.norm}", "what": what,
+            "evaluates": should_evaluate(cfg, t),
+            "ratio_round": ratio(times, "round", "torch"),
+            "ratio_dense": ratio(times, "dense", "torch"),
+            "torch_s": Figure(times["torch"]), "dense_s": Figure(times["dense"]),
+            "round_s": Figure(times["round"])}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--round", type=int, default=1, help="round t to time (1..R)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--preset", default="demo")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args(argv)
+    r = measure(args.threads, args.repeats, args.round, args.preset, args.set)
+    print(f"{args.preset} round t={r['round']}: {r['clients']} clients, {r['iterations']} local "
+          f"iterations (B={r['batch']}), model {r['model']}; torch {r['torch']}; {r['info']}; "
+          f"median (min..max) of {args.repeats} repeats")
+    print(f"  {'pytorch twin, dense local training':<52}{r['torch_s'].fmt(digits=3)} s")
+    print(f"  {'refimpl dense local training (same work)':<52}{r['dense_s'].fmt(digits=3)} s"
+          f"   ratio {r['ratio_dense'].fmt()}")
+    print(f"  {'refimpl full round: ' + r['what']:<52}{r['round_s'].fmt(digits=3)} s"
+          f"   ratio {r['ratio_round'].fmt()}")
+    if r["evaluates"]:
         print("  (the full round includes the test-set evaluation of this round)")
-    print(f"ratio refimpl {cfg.run.method} round / pytorch twin: {t_round / t_torch:.2f}")
+    print(f"ratio refimpl round / pytorch twin: {r['ratio_round'].median:.2f}")
 
 
 if __name__ == "__main__":

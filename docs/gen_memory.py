@@ -148,8 +148,9 @@ more than the lean plan:
 - the dense convolution is im2col + BLAS: the column matrix (C·KH·KW × N·OH·OW) and a
   channel-major copy of the output or cotangent exist during a conv's event; the padded input
   of the stride-1 masked kernels is a copy;
-- the SAP selection uses 16-bit digits (a 512 KiB int64 histogram and a candidate list) for
-  speed, and NumPy temporaries (the ReLU mask before packing, `|x|`) exist briefly;
+- the SAP selection uses 11- and 14-bit digits (a 16 or 128 KiB int64 histogram), one flag
+  byte per entry and a candidate list for speed, and NumPy temporaries (the ReLU mask before
+  packing, `|x|`) exist briefly;
 - a value read by two layers (a block input) gets its two cotangent contributions summed into
   a new array, where a lean step adds in place;
 - the engine's copy of the global model per client, and Python and NumPy object overhead.

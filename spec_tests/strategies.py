@@ -7,13 +7,14 @@ seeds = st.integers(0, 2**32 - 1)
 
 
 @st.composite
-def conv_case(draw, max_batch=2):
-    """A valid conv2d configuration: groups dividing both channel counts, a window that fits."""
+def conv_case(draw, max_batch=2, stride1=False):
+    """A valid conv2d configuration: groups dividing both channel counts, a window that fits
+    (``stride1``: stride (1, 1), the masked kernels' wide-rows path)."""
     groups = draw(st.sampled_from([1, 1, 2, 3]))
     c = groups * draw(st.integers(1, 2))
     o = groups * draw(st.integers(1, 2))
     kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    stride = (1, 1) if stride1 else (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
     dil = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
     pad = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
     h = max(1, dil[0] * (kh - 1) + 1 - 2 * pad[0]) + draw(st.integers(0, 3))

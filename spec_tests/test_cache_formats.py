@@ -204,6 +204,52 @@ def test_kernels_match_numpy_twins(numel, seed, dtype, kind):
                          K.decode_index(idx0, vals0, numel, "np"))
 
 
+@given(st.integers(32, 700), st.integers(0, 2**31 - 1), st.sampled_from(DTYPES),
+       st.sampled_from(["normal", "relu", "ints", "zeros", "scales", "planted"]),
+       st.sampled_from([1, 2, 4]))
+def test_sampled_bracket_and_its_fallback_select_exactly(numel, seed, dtype, kind, sample):
+    """The threshold's bracket comes from a strided sample when the tensor is large; with the
+    sample size shrunk to a few entries the same arrays exercise it here: the mask is the
+    partition twin's whatever the sample says, including data planted to fool it (every
+    sampled entry tiny, so the bracket misses and the exact histogram takes over)."""
+    rng = np.random.default_rng(seed)
+    x = {"normal": lambda: rng.standard_normal(numel),
+         "relu": lambda: np.maximum(rng.standard_normal(numel), 0),
+         "ints": lambda: rng.integers(-3, 4, numel).astype(float),
+         "zeros": lambda: np.zeros(numel) * rng.choice([1.0, -1.0], numel),
+         "scales": lambda: rng.standard_normal(numel) * 10.0 ** rng.integers(-30, 30, numel),
+         "planted": lambda: rng.standard_normal(numel) * 100.0,
+         }[kind]().astype(dtype)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(K, "_SAMPLE", sample)
+        if kind == "planted":
+            x[::K._sample_step(numel)] *= 1e-6
+        k = int(rng.integers(1, numel))
+        expected = K.keep_bits(x, k, "np")
+        for impl in ("jit", "naive"):
+            np.testing.assert_array_equal(K.keep_bits(x, k, impl), expected, err_msg=impl)
+
+
+def test_a_missed_bracket_falls_back_to_the_exact_histogram():
+    """The planted case really misses (so the fallback above is exercised, not assumed)."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(1 << 17) * 100.0).astype(np.float32)
+    x[::K._sample_step(x.size)] *= 1e-6
+    hits = []
+    real = K._bracketed
+
+    def spy(*args):
+        got = real(*args)
+        hits.append(got[0] is not None)
+        return got
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(K, "_bracketed", spy)
+        bits = K.keep_bits(x, x.size // 10, "jit")
+    assert hits == [False, True]
+    np.testing.assert_array_equal(bits, K.keep_bits(x, x.size // 10, "np"))
+
+
 def test_large_tensor_selection_matches_partition():
     """The radix select on a realistic activation (2**17 entries, half exact zeros after a
     ReLU) for several γ, float32 and float64: same mask as the partition twin."""

@@ -61,6 +61,35 @@ def test_dense_kernels_agree(cfg, seed, dtype):
             np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
 
 
+@given(conv_case(), seeds, dtypes)
+def test_dense_data_moves_are_bit_identical_twins(cfg, seed, dtype):
+    """The moves around the dense GEMM (pad, im2col, col2im, unpad and the two transposes to
+    and from the channel-major layout) copy and add in the same order in all three twins, so
+    the compiled loops the default path uses give exactly NumPy's bytes."""
+    x, w, _, g = _arrays(cfg, seed, dtype)
+    (sh, sw), (ph, pw), (dh, dw) = cfg["stride"], cfg["padding"], cfg["dilation"]
+    kh, kw = cfg["kh"], cfg["kw"]
+    n, c, h, wd = x.shape
+    o, oh, ow = g.shape[1:]
+    rng = np.random.default_rng(seed)
+    dcols = rng.standard_normal((c * kh * kw, n * oh * ow)).astype(dtype)
+    bias = rng.standard_normal(o).astype(dtype)
+    y2 = rng.standard_normal((o, n * oh * ow)).astype(dtype)
+    got = {}
+    for impl in ("naive", "np", "jit"):
+        m = K._MOVES
+        xp = m["pad"][impl](x, ph, pw, np.empty((n, c, h + 2 * ph, wd + 2 * pw), dtype))
+        cols = m["im2col"][impl](xp, kh, kw, sh, sw, dh, dw, oh, ow,
+                                 np.empty((c * kh * kw, n * oh * ow), dtype))
+        dxp = m["col2im"][impl](dcols, kh, kw, sh, sw, dh, dw, oh, ow, np.empty_like(xp))
+        dx = m["unpad"][impl](dxp, ph, pw, np.empty_like(x))
+        ys = [m["from_channel_major"][impl](y2, bias, has, np.empty((n, o, oh * ow), dtype))
+              for has in (False, True)]
+        gcm = m["to_channel_major"][impl](g.reshape(n, o, -1), np.empty((o, n * oh * ow), dtype))
+        got[impl] = [a.tobytes() for a in (xp, cols, dxp, dx, *ys, gcm)]
+    assert got["naive"] == got["np"] == got["jit"]
+
+
 @given(conv_case(), seeds, dtypes, st.sampled_from([0.0, 0.1, 0.5, 1.0]))
 def test_masked_kernels_agree_with_dense_on_masked_weight(cfg, seed, dtype, density):
     x, w, mask, g = _arrays(cfg, seed, dtype, density)
@@ -85,6 +114,34 @@ def test_masked_kernels_agree_with_dense_on_masked_weight(cfg, seed, dtype, dens
         np.testing.assert_allclose(dw, dense[2] * mask, rtol=rtol, atol=atol)
         assert np.all(dw[~mask] == 0)  # MASK-3: exactly zero, not merely small
         assert y.dtype == dx.dtype == dw.dtype == dtype
+
+
+@given(conv_case(max_batch=9, stride1=True), seeds, dtypes, st.sampled_from([0.1, 0.5, 1.0]))
+def test_wide_rows_kernels_are_the_loops_bit_for_bit(cfg, seed, dtype, density):
+    """The stride-1 "wide rows" kernels (four terms per pass, samples stacked end to end, a
+    transposed index for the input gradient) add every output's terms in the order of the
+    general loops: the forward and the input gradient are bit-identical to the naive general
+    loops, and every wide kernel's naive twin (interpreted) is bit-identical to its compiled
+    version; the weight gradient agrees with the dense oracle on W ⊙ M."""
+    x, w, mask, g = _arrays(cfg, seed, dtype, density)
+    geom = _geom(cfg)
+    index = MK.build_index(mask)
+    val = MK.gather(w, index)
+    b = np.random.default_rng(seed).standard_normal(cfg["o"]).astype(dtype)
+    y_loops = MK.masked_conv2d_forward(x, index, val, b, *geom, g.shape, impl="naive")
+    dx_loops = np.zeros(x.shape, dtype)
+    MK.masked_conv2d_backward(g, x, index, val, *geom, dx=dx_loops, impl="naive")
+    pad, dil, groups = cfg["padding"], cfg["dilation"], cfg["groups"]
+    got = {}
+    for impl in ("naive", "jit"):
+        y = MK._wide_forward(x, index, val, b, pad, dil, groups, g.shape, impl)
+        dx, dval = np.zeros(x.shape, dtype), np.zeros(index.nnz, dtype)
+        MK._wide_backward(g, x, index, val, pad, dil, groups, dx, dval, impl)
+        assert y.tobytes() == y_loops.tobytes() and dx.tobytes() == dx_loops.tobytes()
+        got[impl] = dval
+    assert got["naive"].tobytes() == got["jit"].tobytes()
+    dense_dw = K.conv2d_grad_weight(x, g, w.shape, *geom, impl="naive")
+    np.testing.assert_allclose(MK.scatter(got["jit"], index), dense_dw * mask, *tol(dtype))
 
 
 @given(conv_case(), seeds, st.sampled_from([0.1, 0.5]))
@@ -194,3 +251,26 @@ def test_max_pool_kernels_agree_with_numpy_twin(cfg, seed, dtype, ties):
         dx = PK.max_pool2d_backward(g, arg, x.shape, p.kernel, p.stride, p.padding, p.dilation,
                                     impl=impl)
         np.testing.assert_allclose(dx, dx_np, rtol=tol(dtype)[0], atol=tol(dtype)[1])
+
+
+@given(st.integers(1, 2), st.integers(1, 3), st.integers(2, 7), st.integers(2, 7), seeds, dtypes,
+       st.booleans())
+def test_max_pool_2x2_kernel_is_the_general_loops(n, c, h, w, seed, dtype, ties):
+    """CONV-5: the 2x2/stride-2 forward (the model zoo's pool, compiled and as its interpreted
+    twin) picks the same first maximum and value as the general loops, bit for bit, with exact
+    ties, NaN (never selected), -inf and odd sizes (a last row or column no window covers)."""
+    from refimpl.kernels import pool as PK
+
+    rng = np.random.default_rng(seed)
+    x = (rng.integers(-2, 3, (n, c, h, w)) if ties else rng.standard_normal((n, c, h, w)))
+    x = x.astype(dtype)
+    x.flat[rng.integers(0, x.size, 3)] = [np.nan, -np.inf, -0.0]
+    oh, ow = h // 2, w // 2
+    y0, a0 = PK.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), oh, ow, impl="naive")
+    for impl in ("naive", "jit"):
+        y = np.empty_like(y0)
+        a = np.empty_like(a0)
+        PK._KERNELS["forward_2x2"][impl](x, x.dtype.type(-np.inf), y, a)
+        assert y.tobytes() == y0.tobytes() and np.array_equal(a, a0)
+    y, a = PK.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), oh, ow, impl="jit")
+    assert y.tobytes() == y0.tobytes() and np.array_equal(a, a0)
