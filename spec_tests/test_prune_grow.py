@@ -65,6 +65,14 @@ def test_adjust_invariants(ls, alpha_t):
         assert q.tolist() == brute_k(ina, np.abs(s.reshape(-1)[ina]), k, largest=True)
 
 
+def test_marked_set_by_hand():
+    """BAE-1 by hand: an inactive entry is never marked, even at 0; among the active entries the
+    k smallest |θ|, an active exact 0 first and equal |θ| by lowest index (CONV-4)."""
+    w = np.array([0.0, 0.5, -0.1, 0.0, 0.1, 3.0])
+    m = np.array([False, True, True, True, True, True])
+    assert S.marked_set([w], [m], [3])[0].tolist() == [2, 3, 4]
+
+
 @given(layers(), st.floats(0, 1))
 def test_marked_set_is_k_smallest_active(ls, alpha_t):
     """BAE-1: the k_l smallest |θ| among active entries, ties by index; prune='marked' uses it."""
