@@ -315,33 +315,44 @@ def _wait_for_rounds(p, d: Path, n: int, timeout=180):
     raise AssertionError(f"the run did not reach round {n}: {p.communicate()}")
 
 
+LONG = "run.rounds=40"  # a smoke round takes tens of ms: a signal must land before the end
+
+
+@pytest.fixture(scope="module")
+def full_long(tmp_path_factory):
+    """An uninterrupted run long enough that a signal sent after a few rounds lands mid-run."""
+    d = tmp_path_factory.mktemp("faults") / "full_long"
+    _run(d, LONG)
+    return d
+
+
 @pytest.mark.parametrize("rounds_done", [2, 3])
-def test_kill_9_then_resume_is_byte_identical(full, tmp_path, rounds_done):
+def test_kill_9_then_resume_is_byte_identical(full_long, tmp_path, rounds_done):
     """The OS drops the lock of a killed run: resume is not blocked and ends byte-identical."""
     d = tmp_path / "run"
-    p = _spawn("--preset", "smoke", "--quiet", "--set", SETS[0], "--out", str(d), cwd=tmp_path)
+    p = _spawn("--preset", "smoke", "--quiet", "--set", LONG, "--out", str(d), cwd=tmp_path)
     _wait_for_rounds(p, d, rounds_done)
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert (tmp_path / ".run.lock").exists()  # left by the killed run, no longer locked
     _resume(d)
-    assert _same_run(d, full) and not _tmp_files(tmp_path)
+    assert _same_run(d, full_long) and not _tmp_files(tmp_path)
     assert not (tmp_path / ".run.lock").exists()
 
 
 @pytest.mark.parametrize("rounds_done", [1, 3])
-def test_ctrl_c_exits_130_with_the_resume_message(full, tmp_path, rounds_done):
+def test_ctrl_c_exits_130_with_the_resume_message(full_long, tmp_path, rounds_done):
     """A real SIGINT lands wherever the run is, often inside a Numba kernel: always exit 130,
     the message, no traceback, and the run resumes byte-identically."""
     d = tmp_path / "run"
-    p = _spawn("--preset", "smoke", "--quiet", "--set", SETS[0], "--out", str(d), cwd=tmp_path)
+    p = _spawn("--preset", "smoke", "--quiet", "--set", LONG, "--out", str(d), cwd=tmp_path)
     _wait_for_rounds(p, d, rounds_done)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "Traceback" not in err, err
     assert f"`fedmef run --resume {d}` continues from" in out
     _resume(d)
-    assert _same_run(d, full)
+    assert _same_run(d, full_long)
 
 
 def test_interrupt_inside_a_numba_kernel_is_a_ctrl_c(full, tmp_path, monkeypatch, capsys):
