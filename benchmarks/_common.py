@@ -20,6 +20,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, ROOT)
 
+# PyTorch first: it loads its own OpenMP runtime with the environment as the user left it, before
+# refimpl.core._jit sets Numba's OMP_WAIT_POLICY (passive). The peer runs with its defaults.
+try:
+    import torch  # noqa: F401
+except ImportError:
+    pass
+
 
 def set_threads(n: int):
     """Pin numba, BLAS (threadpoolctl) and torch to ``n`` threads; returns the threadpoolctl

@@ -152,9 +152,12 @@ _grad_weight_jit = njit(_grad_weight_naive, parallel=True)
 # (measured 1.5x faster here than one GEMM per sample with the (N, C·KH·KW, OH·OW) layout).
 # Around the GEMM only data moves: im2col (with the padding written in place), col2im, and the
 # two transposes between (N, O, OH, OW) and the channel-major (O, N·OH·OW). Each of those moves
-# has a loop twin (``_naive``, compiled as ``_jit``, parallel over rows or channels), used when
-# Numba compiles: the NumPy versions (strided views, np.pad, strided adds) cost as much as the
-# GEMM itself here. Either way the GEMM sees the same operands, so the results are identical.
+# has a loop twin (``_naive``, compiled as ``_jit``), used when Numba compiles: the NumPy versions
+# (strided views, np.pad, strided adds) cost as much as the GEMM itself here. Either way the GEMM
+# sees the same operands, so the results are identical. The compiled moves run SERIAL (their
+# ``prange`` is a plain range): between two BLAS calls a parallel Numba region makes Numba's
+# OpenMP threads and OpenBLAS's threads spin against each other on 2 cores, and a conv step took
+# 30 ms instead of 6 (measured: parallel moves 29.7 ms, serial 5.9 ms, NumPy moves 15.5 ms).
 
 # -- the moves, loop twins (C-shaped; the jit versions are these compiled) --
 # im2col and col2im work on the zero-padded input (N, C, Hp, Wp), so every row segment they move
@@ -398,16 +401,16 @@ def _grad_weight_np(x, g, stride, padding, dilation, groups, dw):
 # ---- dispatch (refimpl.kernels.pick) -----------------------------------------------------------
 # Every twin takes (a, b, stride, padding, dilation, groups, out) and fills ``out``.
 _MOVES = {
-    "pad": {"naive": _pad_naive, "np": _pad_np, "jit": njit(_pad_naive, parallel=True)},
-    "unpad": {"naive": _unpad_naive, "np": _unpad_np, "jit": njit(_unpad_naive, parallel=True)},
+    "pad": {"naive": _pad_naive, "np": _pad_np, "jit": njit(_pad_naive)},
+    "unpad": {"naive": _unpad_naive, "np": _unpad_np, "jit": njit(_unpad_naive)},
     "im2col": {"naive": _im2col_naive, "np": _im2col_np,
-               "jit": njit(_im2col_naive, parallel=True)},
+               "jit": njit(_im2col_naive)},
     "col2im": {"naive": _col2im_naive, "np": _col2im_np,
-               "jit": njit(_col2im_naive, parallel=True)},
+               "jit": njit(_col2im_naive)},
     "from_channel_major": {"naive": _from_channel_major_naive, "np": _from_channel_major_np,
-                           "jit": njit(_from_channel_major_naive, parallel=True)},
+                           "jit": njit(_from_channel_major_naive)},
     "to_channel_major": {"naive": _to_channel_major_naive, "np": _to_channel_major_np,
-                         "jit": njit(_to_channel_major_naive, parallel=True)},
+                         "jit": njit(_to_channel_major_naive)},
 }
 
 _KERNELS = {
