@@ -32,11 +32,10 @@ test: $(VENV)/.test
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .
 
+# Every speed figure of issue 12 as ratios to a peer in the same process; writes
+# docs/performance.md (generated). Minutes; run it on a quiet machine.
 bench: $(VENV)/.test
-	$(PY) benchmarks/conv.py
-	$(PY) benchmarks/masked_conv.py
-	$(PY) benchmarks/sap.py
-	$(PY) benchmarks/round.py
+	$(PY) benchmarks/report.py
 
 # The experiment grid of docs/results.md: a learning-rate sweep per method on a validation
 # split, then 100-round runs with 3 seeds (hours on 2 cores: `make experiments-estimate` measures

@@ -22,10 +22,12 @@ if ROOT not in sys.path:  # run as a script from a checkout
 
 # PyTorch first: it loads its own OpenMP runtime with the environment as the user left it, before
 # refimpl.core._jit sets Numba's OMP_WAIT_POLICY (passive). The peer runs with its defaults.
-try:
-    import torch  # noqa: F401
-except ImportError:
-    pass
+# REFIMPL_BENCH_NO_TORCH=1: a child process that times refimpl alone, as a user runs it.
+if os.environ.get("REFIMPL_BENCH_NO_TORCH") != "1":
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        pass
 
 
 def set_threads(n: int):
@@ -37,12 +39,8 @@ def set_threads(n: int):
 
     _jit.set_num_threads(n)
     limiter = threadpool_limits(limits=n)
-    try:
-        import torch
-
-        torch.set_num_threads(n)
-    except ImportError:
-        pass
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
     blas = ", ".join(f"{i['internal_api']} {i.get('version')} ({i.get('architecture')}) x"
                      f"{i['num_threads']}" for i in threadpool_info())
     return limiter, f"threads={n}; BLAS: {blas}"

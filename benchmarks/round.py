@@ -124,6 +124,34 @@ def measure(threads: int, repeats: int = 5, t: int = 1, preset: str = "demo", se
             "round_s": Figure(times["round"])}
 
 
+def measure_alone(threads: int, repeats: int = 5, t: int = 1, preset: str = "demo",
+                  sets=()) -> dict:
+    """refimpl's round and dense local training timed in a process that never loads PyTorch, as a
+    user runs them. (PyTorch and Numba share one OpenMP runtime in a process, with PyTorch's
+    spinning wait policy when PyTorch loads first; see refimpl/core/_jit.py.) Seconds per
+    repeat."""
+    _keep, _ = set_threads(threads)
+    cfg = load_config(preset, sets=list(sets))
+    dense_cfg = load_config(preset, sets=list(sets) + [
+        "run.method=fedavg", "sparse.density=1", "bae.enabled=false", "sap.gamma=0"])
+    data = load_fed_data(cfg)
+    model = build_model(cfg, data.input_shape[0], data.num_classes)
+    state = init_state(cfg, model)
+    state = GlobalState(t - 1, state.params, state.buffers, state.masks, state.mask_version,
+                        state.client_mask_version)
+    clients = sample_clients(cfg.run.seed, t, cfg.data.num_clients, cfg.train.clients_per_round)
+    dense_params = {n: a.copy() for n, a in model.params.items()}
+    plan = RoundPlan(t, learning_rate(cfg, t))
+
+    def ours_dense():
+        for k in clients:
+            local_train(model, dense_params, model.buffers, None, data, int(k), plan, dense_cfg)
+
+    times = paired({"round": lambda: run_round(cfg, model, state, data, t), "dense": ours_dense},
+                   repeats=repeats, inner=1)
+    return {"round_s": times["round"], "dense_s": times["dense"]}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -131,7 +159,16 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--alone-json", action="store_true",
+                    help="time refimpl only (this process must not load PyTorch; run with "
+                    "REFIMPL_BENCH_NO_TORCH=1) and print the seconds as JSON")
     args = ap.parse_args(argv)
+    if args.alone_json:
+        import json
+
+        print(json.dumps(measure_alone(args.threads, args.repeats, args.round, args.preset,
+                                       args.set)))
+        return
     r = measure(args.threads, args.repeats, args.round, args.preset, args.set)
     print(f"{args.preset} round t={r['round']}: {r['clients']} clients, {r['iterations']} local "
           f"iterations (B={r['batch']}), model {r['model']}; torch {r['torch']}; {r['info']}; "

@@ -368,22 +368,55 @@ def _g_channel_major(g, groups):
 
 
 def _forward_np(x, w, stride, padding, dilation, groups, out, bias=None):
-    n, o, oh, ow = out.shape
-    _, cg, kh, kw = w.shape
+    """``out``: the output buffer, or None to allocate it once the columns are freed (the
+    forward then holds at most two of columns, y and out at a time: MEM-6)."""
+    o, cg, kh, kw = w.shape
+    n = x.shape[0]
+    oh, ow = conv2d_output_shape(x.shape, w.shape, stride, padding, dilation, groups)[2:]
     cols = _im2col(x, kh, kw, stride, padding, dilation, oh, ow)
     # (G, O/G, Cg·KK) @ (G, Cg·KK, N·L) -> (G, O/G, N·L), i.e. (O, N, OH, OW)
     y = np.matmul(w.reshape(groups, o // groups, cg * kh * kw), _group_view(cols, groups))
+    del cols
+    if out is None:
+        out = np.empty((n, o, oh, ow), dtype=y.dtype)
     has_bias = bias is not None
     _move("from_channel_major")(y.reshape(o, n * oh * ow), bias if has_bias else out[0, :, 0, 0],
                                 has_bias, out.reshape(n, o, oh * ow))
     return out
 
 
-def _grad_input_np(g, w, stride, padding, dilation, groups, dx):
+class ChannelMajor:
+    """A cotangent g (N, O, OH, OW) moved once into the channel-major layout (O, N·OH·OW) that
+    both GEMMs of the backward read (:func:`channel_major`), so a backward that needs both
+    gradients makes one copy, and its caller can drop g's other forms first (MEM-6)."""
+
+    __slots__ = ("cm", "shape")
+
+    def __init__(self, cm: np.ndarray, shape: tuple[int, ...]):
+        self.cm, self.shape = cm, tuple(shape)
+
+
+def channel_major(g: np.ndarray) -> ChannelMajor:
+    """g (N, O, OH, OW) as a :class:`ChannelMajor` (one copy), for the ``np`` kernels."""
     n, o, oh, ow = g.shape
+    out = np.empty((o, n * oh * ow), dtype=g.dtype)
+    _move("to_channel_major")(np.ascontiguousarray(g).reshape(n, o, oh * ow), out)
+    return ChannelMajor(out, g.shape)
+
+
+def _g_cm(g, groups):
+    """(G, O/G, N·L) of g, an array (one copy) or a ChannelMajor (no copy); and g's shape."""
+    if isinstance(g, ChannelMajor):
+        return _group_view(g.cm, groups), g.shape
+    return _g_channel_major(g, groups), g.shape
+
+
+def _grad_input_np(g, w, stride, padding, dilation, groups, dx):
+    gcm, (n, o, oh, ow) = _g_cm(g, groups)
     _, cg, kh, kw = w.shape
     wt = w.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1)
-    dcols = np.matmul(wt, _g_channel_major(g, groups))  # (G, Cg·KK, N·L)
+    dcols = np.matmul(wt, gcm)  # (G, Cg·KK, N·L)
+    del gcm
     return _col2im(dcols.reshape(groups * cg * kh * kw, -1), dx, kh, kw, stride, padding, dilation,
                    oh, ow)
 
@@ -393,7 +426,7 @@ def _grad_weight_np(x, g, stride, padding, dilation, groups, dw):
     _, cg, kh, kw = dw.shape
     cols = _im2col(x, kh, kw, stride, padding, dilation, oh, ow)
     # (G, O/G, N·L) @ (G, N·L, Cg·KK): the transpose is a stride change BLAS takes for free
-    dw[...] = np.matmul(_g_channel_major(g, groups),
+    dw[...] = np.matmul(_g_cm(g, groups)[0],
                         _group_view(cols, groups).transpose(0, 2, 1)).reshape(dw.shape)
     return dw
 
@@ -430,23 +463,40 @@ def _run(op, impl, a, b, stride, padding, dilation, groups, out):
 def conv2d_forward(x, w, stride, padding, dilation, groups, impl=None, bias=None):
     """y = conv2d(x, w) (+ bias (O,), inside the layer); returns a new (N, O, OH, OW) array."""
     out_shape = conv2d_output_shape(x.shape, w.shape, stride, padding, dilation, groups)
-    out = np.empty(out_shape, dtype=x.dtype)
     if (DEFAULT_IMPL if impl is None else impl) == "np":  # the bias is added as y moves out
         return _forward_np(np.ascontiguousarray(x), np.ascontiguousarray(w), tuple(stride),
-                           tuple(padding), tuple(dilation), int(groups), out, bias)
+                           tuple(padding), tuple(dilation), int(groups), None, bias)
+    out = np.empty(out_shape, dtype=x.dtype)
     y = _run("forward", impl, x, w, stride, padding, dilation, groups, out)
     if bias is not None:
         y += bias.reshape(1, -1, 1, 1)
     return y
 
 
+def _cm_ok(g, impl):
+    """True when g is a ChannelMajor (then the ``np`` kernels run; other twins take arrays)."""
+    if not isinstance(g, ChannelMajor):
+        return False
+    if (DEFAULT_IMPL if impl is None else impl) != "np":
+        raise ValueError(f"conv2d: a channel-major cotangent needs impl 'np', received {impl!r}")
+    return True
+
+
 def conv2d_grad_input(g, w, x_shape, stride, padding, dilation, groups, impl=None):
-    """dx = ∂<g, conv2d(x, w)>/∂x; returns a new array of ``x_shape``."""
+    """dx = ∂<g, conv2d(x, w)>/∂x; returns a new array of ``x_shape``. ``g``: an array
+    (N, O, OH, OW) or its :class:`ChannelMajor` (``np`` kernels)."""
+    if _cm_ok(g, impl):
+        return _grad_input_np(g, np.ascontiguousarray(w), tuple(stride), tuple(padding),
+                              tuple(dilation), int(groups), np.empty(x_shape, dtype=g.cm.dtype))
     return _run("grad_input", impl, g, w, stride, padding, dilation, groups,
                 np.empty(x_shape, dtype=g.dtype))
 
 
 def conv2d_grad_weight(x, g, w_shape, stride, padding, dilation, groups, impl=None):
-    """dw = ∂<g, conv2d(x, w)>/∂w; returns a new array of ``w_shape``."""
+    """dw = ∂<g, conv2d(x, w)>/∂w; returns a new array of ``w_shape``. ``g``: an array
+    (N, O, OH, OW) or its :class:`ChannelMajor` (``np`` kernels)."""
+    if _cm_ok(g, impl):
+        return _grad_weight_np(np.ascontiguousarray(x), g, tuple(stride), tuple(padding),
+                               tuple(dilation), int(groups), np.empty(w_shape, dtype=x.dtype))
     return _run("grad_weight", impl, x, g, stride, padding, dilation, groups,
                 np.empty(w_shape, dtype=x.dtype))

@@ -170,7 +170,15 @@ def conv2d_vjp(res, g, p, needs):
         del positive
         if p.relu_gain != 1.0:
             g *= g.dtype.type(p.relu_gain)
+    if needs[2]:
+        db = np.sum(g, axis=(0, 2, 3))
     x = _cached_input(res) if needs[1] else None
+    dense_np = (p.mask is None and p.impl in (None, "np")) or \
+        (p.mask is not None and p.masked_impl is None and p.dense_impl in (None, "np"))
+    if dense_np and K.DEFAULT_IMPL == "np" and (needs[0] or needs[1]):
+        # The BLAS kernels read g channel-major: move it once for both gradients and drop the
+        # (N, O, OH, OW) copy this vjp made (the ReLU-masked g) before the GEMMs (MEM-6).
+        g = K.channel_major(g)
     if p.mask is None:
         if needs[0]:
             dx = K.conv2d_grad_input(g, res.w, res.x_shape, *p.geometry, impl=p.impl)
@@ -196,8 +204,6 @@ def conv2d_vjp(res, g, p, needs):
             dw = K.conv2d_grad_weight(x, g, p.mask.shape, *p.geometry, impl=p.dense_impl)
             if p.weight_grad == "masked":
                 dw = MK.gather(dw, p.mask.index) if p.packed else dw * p.mask.mask
-    if needs[2]:
-        db = np.sum(g, axis=(0, 2, 3))
     return dx, dw, db
 
 
