@@ -342,8 +342,8 @@ MUTANTS: tuple[Mutant, ...] = (
     _m("mem5-residual-kept-after-vjp", "MEM-5", "residuals live to the end of the step",
        MEMF, "release = bwd_event.get(i, last)", "release = last", T + "test_memory_timeline.py"),
     _m("mem5-cotangent-born-late", "MEM-5", "a cotangent is born one event after its vjp",
-       MEMF, "math.prod(spec[0]) * np.dtype(spec[1]).itemsize, e, e)",
-       "math.prod(spec[0]) * np.dtype(spec[1]).itemsize, e + 1, e + 1)",
+       MEMF, "math.prod(spec[0]) * np.dtype(spec[1]).itemsize, e, e,",
+       "math.prod(spec[0]) * np.dtype(spec[1]).itemsize, e + 1, e + 1,",
        T + "test_memory_timeline.py"),
     _m("mem5-fwd-workspace-omitted", "MEM-5", "no forward workspace in the timeline",
        MEMF, "for name, nbytes in node.plan.fwd_workspace.items():",
@@ -371,7 +371,7 @@ MUTANTS: tuple[Mutant, ...] = (
        'totals["footprint"] = totals["weights_dense"] + totals["activation_cache"]',
        T + "test_memory.py"),
     _m("mem4-growth-index-int32", "MEM-4", "growth pairs always with 4-byte indices",
-       SRV, "total += idx.size * index_itemsize(math.prod(shape)) + val.nbytes",
+       SRV, "total += idx.size * index_dtype(math.prod(shape)).itemsize + val.nbytes",
        "total += idx.size * 4 + val.nbytes", T + "test_fl_client.py"),
     # ---- the typed SAP policy and its cached layouts (SAP-2, CONV-6, CACHE-2) ----
     _m("sap2-layout-keyed-by-itemsize", "SAP-2", "SapPolicy.layout remembers one n_keep per dtype",
@@ -419,10 +419,10 @@ MUTANTS: tuple[Mutant, ...] = (
        T + "test_prune_grow.py::test_marked_set_is_k_smallest_active"),
     # ---- the weight index of a masked layer (MASK-3) ----
     _m("mask3-gather-off-by-one", "MASK-3", "gather reads each active value one column early",
-       MKF, "w.reshape(o, -1)[rows, index.off])", "w.reshape(o, -1)[rows, index.off - 1])",
+       MKF, ".reshape(-1).take(index.flat)", ".reshape(-1).take(index.flat - 1)",
        T + "test_kernels.py"),
     _m("mask3-scatter-off-by-one", "MASK-3", "scatter writes each value one column early",
-       MKF, "dense[rows, index.off] = val", "dense[rows, index.off - 1] = val",
+       MKF, "dense[index.flat] = val", "dense[index.flat - 1] = val",
        T + "test_kernels.py"),
     _m("mask3-build-index-shifted", "MASK-3", "build_index pairs each entry with the previous "
        "offset", MKF, "WeightIndex(ptr, cols.astype(np.int32), m.shape)",

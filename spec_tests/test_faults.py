@@ -299,10 +299,18 @@ def test_a_second_run_on_a_directory_in_use_is_refused(killed_at_5):
     assert _digest(killed_at_5) == before
 
 
+def _interactive():
+    """In the child: SIGINT as a terminal's Ctrl-C delivers it. A pytest-xdist worker ignores
+    SIGINT and a child inherits an ignored signal (and Python keeps it ignored, as a background
+    job of a shell should): the run would never see the signal and finish with exit 0."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _spawn(*args, cwd):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-m", "refimpl.cli", "run", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_interactive)
 
 
 def _wait_for_rounds(p, d: Path, n: int, timeout=180):
