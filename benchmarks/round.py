@@ -81,36 +81,49 @@ def torch_round(torch, cfg, model, params, data, clients, t):
                     v -= lr * g
 
 
+class _Round:
+    """The timed work of round t: the configured round, and refimpl's dense local training of
+    the same clients (the twin's work), both ready to run."""
+
+    def __init__(self, t: int, preset: str, sets):
+        sets = list(sets)
+        self.t = t
+        self.cfg = cfg = load_config(preset, sets=sets)
+        self.dense_cfg = load_config(preset, sets=sets + [
+            "run.method=fedavg", "sparse.density=1", "bae.enabled=false", "sap.gamma=0"])
+        self.data = load_fed_data(cfg)
+        self.model = build_model(cfg, self.data.input_shape[0], self.data.num_classes)
+        state = init_state(cfg, self.model)
+        self.state = GlobalState(t - 1, state.params, state.buffers, state.masks,
+                                 state.mask_version, state.client_mask_version)
+        self.clients = sample_clients(cfg.run.seed, t, cfg.data.num_clients,
+                                      cfg.train.clients_per_round)
+        self.dense_params = {n: a.copy() for n, a in self.model.params.items()}
+        self.plan = RoundPlan(t, learning_rate(cfg, t))
+
+    def round(self):
+        run_round(self.cfg, self.model, self.state, self.data, self.t)
+
+    def dense(self):
+        for k in self.clients:
+            local_train(self.model, self.dense_params, self.model.buffers, None, self.data,
+                        int(k), self.plan, self.dense_cfg)
+
+
 def measure(threads: int, repeats: int = 5, t: int = 1, preset: str = "demo", sets=()) -> dict:
     """Figures at ``threads`` threads: per repeat the full round, refimpl's dense local training
     and the PyTorch twin, back to back; ratios to the twin per repeat."""
     _keep, info = set_threads(threads)
     import torch
 
-    sets = list(sets)
-    cfg = load_config(preset, sets=sets)
-    dense_cfg = load_config(preset, sets=sets + [
-        "run.method=fedavg", "sparse.density=1", "bae.enabled=false", "sap.gamma=0"])
-    data = load_fed_data(cfg)
-    model = build_model(cfg, data.input_shape[0], data.num_classes)
-    state = init_state(cfg, model)
-    state = GlobalState(t - 1, state.params, state.buffers, state.masks, state.mask_version,
-                        state.client_mask_version)
-    clients = sample_clients(cfg.run.seed, t, cfg.data.num_clients, cfg.train.clients_per_round)
+    w = _Round(t, preset, sets)
+    cfg, data, clients = w.cfg, w.data, w.clients
     iters = sum(-(-len(data.parts[int(k)]) // cfg.train.batch_size) * cfg.train.local_epochs
                 for k in clients)
-    dense_params = {n: a.copy() for n, a in model.params.items()}
-    plan = RoundPlan(t, learning_rate(cfg, t))
-
-    def ours_dense():
-        for k in clients:
-            local_train(model, dense_params, model.buffers, None, data, int(k), plan, dense_cfg)
-
     # one warm-up run each (compiles or loads every kernel both paths use), then paired repeats
-    times = paired({"round": lambda: run_round(cfg, model, state, data, t),
-                    "dense": ours_dense,
-                    "torch": lambda: torch_round(torch, cfg, model, dense_params, data, clients,
-                                                 t)},
+    times = paired({"round": w.round, "dense": w.dense,
+                    "torch": lambda: torch_round(torch, cfg, w.model, w.dense_params, data,
+                                                 clients, t)},
                    repeats=repeats, inner=1)
     what = (f"{cfg.run.method} (density {cfg.sparse.density:g}, SAP γ {cfg.sap.gamma:g}, BaE "
             f"{'extruding' if is_extrusion(cfg, t) else 'idle'} this round)")
@@ -131,24 +144,8 @@ def measure_alone(threads: int, repeats: int = 5, t: int = 1, preset: str = "dem
     spinning wait policy when PyTorch loads first; see refimpl/core/_jit.py.) Seconds per
     repeat."""
     _keep, _ = set_threads(threads)
-    cfg = load_config(preset, sets=list(sets))
-    dense_cfg = load_config(preset, sets=list(sets) + [
-        "run.method=fedavg", "sparse.density=1", "bae.enabled=false", "sap.gamma=0"])
-    data = load_fed_data(cfg)
-    model = build_model(cfg, data.input_shape[0], data.num_classes)
-    state = init_state(cfg, model)
-    state = GlobalState(t - 1, state.params, state.buffers, state.masks, state.mask_version,
-                        state.client_mask_version)
-    clients = sample_clients(cfg.run.seed, t, cfg.data.num_clients, cfg.train.clients_per_round)
-    dense_params = {n: a.copy() for n, a in model.params.items()}
-    plan = RoundPlan(t, learning_rate(cfg, t))
-
-    def ours_dense():
-        for k in clients:
-            local_train(model, dense_params, model.buffers, None, data, int(k), plan, dense_cfg)
-
-    times = paired({"round": lambda: run_round(cfg, model, state, data, t), "dense": ours_dense},
-                   repeats=repeats, inner=1)
+    w = _Round(t, preset, sets)
+    times = paired({"round": w.round, "dense": w.dense}, repeats=repeats, inner=1)
     return {"round_s": times["round"], "dense_s": times["dense"]}
 
 
