@@ -185,7 +185,7 @@ def _common(scale: Scale, setting: Setting, density: str, seed: int, lr: str, ro
     dataset = scale.datasets[setting.data]
     sets = [f"run.method={setting.method}", f"run.seed={seed}", f"run.rounds={rounds}",
             f"data.dataset={dataset}", f"data.num_clients={scale.clients}",
-            "data.partition=dirichlet", "data.dirichlet_alpha=0.5",
+            "data.partition=dirichlet", "data.dirichlet_alpha=0.5", "data.min_client_size=50",
             f"data.validation={scale.validation}", "model.name=cnn",
             f"train.clients_per_round={scale.per_round}", "train.local_epochs=1",
             "train.batch_size=64", f"train.lr={lr}", f"train.lr_min={lr_min(lr)}",
@@ -300,13 +300,15 @@ def finished(d: Path, rounds: int) -> bool:
                               or s.get("diverged_round") is not None)
 
 
-def planned_config(run: Run) -> str:
-    """The resolved config.toml the run's ``--set`` list gives (data.root aside: the MNIST
-    wheel may sit elsewhere on another machine)."""
+def planned_config(run: Run, root: bool = False) -> str:
+    """The resolved config.toml the run's ``--set`` list gives over the defaults (no preset);
+    without data.root unless ``root`` (the MNIST wheel may sit elsewhere on another machine,
+    so a moved grid is not stale)."""
     from refimpl.fl import load_config
     from refimpl.fl.config import to_toml
 
-    return _without_root(to_toml(load_config(sets=list(run.sets))))
+    text = to_toml(load_config(sets=list(run.sets)))
+    return text if root else _without_root(text)
 
 
 def _without_root(text: str) -> str:
@@ -332,10 +334,11 @@ def launch(run: Run, out: Path) -> tuple[str, float, int]:
     cmd = [sys.executable, "-m", "refimpl.cli", "run"]
     if (d / "config.toml").exists() and any((d / "checkpoints").glob("*.npz")):
         cmd += ["--resume", str(d)]
-    else:
-        cmd += ["--out", str(d), "--overwrite"]
-        for s in run.sets:
-            cmd += ["--set", s]
+    else:  # the planned configuration itself, not `fedmef run`'s default preset under --set
+        plan = out / "plans" / f"{d.parent.name}-{d.name}.toml"
+        plan.parent.mkdir(parents=True, exist_ok=True)
+        _write(plan, planned_config(run, root=True))
+        cmd += ["--config", str(plan), "--out", str(d), "--overwrite"]
     log = out / "logs" / f"{d.parent.name}-{d.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -962,7 +965,8 @@ def report(scale: Scale, out: Path, page: Path, command: str) -> str:
         f"**Machine.** {machine()}; {versions()}.\n",
         f"**Grid wall time.** {wall_times(out)}.\n",
         "## Protocol\n",
-        f"- **Setting.** {data}, {scale.clients} clients with a Dirichlet(0.5) label split, "
+        f"- **Setting.** {data}, {scale.clients} clients with a Dirichlet(0.5) label split "
+        f"(at least 50 examples per client), "
         f"{scale.per_round} clients per round, 1 local epoch, batch 64, the `cnn` model, plain "
         f"SGD, learning rate η0 decaying exponentially to η0/10 over the run (LT-1), mask "
         f"adjustment with α = 0.3. Methods resolve `auto` keys as in docs/federated.md: FedMef "
