@@ -42,7 +42,10 @@ def batch_norm_fwd(inputs, p, needs):
     x, weight, bias = inputs
     bs = _bshape(x)
     invstd = (1.0 / np.sqrt(p.var + p.eps)).astype(x.dtype)
-    xhat = (x - p.mean.reshape(bs)) * invstd.reshape(bs)
+    # The same operations in the same order as (x - mean) * invstd * weight + bias, in place
+    # where a full-size temporary would otherwise be made.
+    xhat = x - p.mean.reshape(bs)
+    xhat *= invstd.reshape(bs)
     y = xhat * weight.reshape(bs) if weight is not None else xhat.copy()
     if bias is not None:
         y += bias.reshape(bs)
@@ -60,18 +63,23 @@ def batch_norm_vjp(res, g, p, needs):
     axes = (0,) + tuple(range(2, g.ndim))
     bs = (1, g.shape[1]) + (1,) * (g.ndim - 2)
     dx = dw = db = None
+    t = None  # one full-size scratch for the products, reused (same values, fewer temporaries)
     if needs[0]:
         gx = g * res.weight.reshape(bs) if res.weight is not None else g
         if p.training:
             # d/dx of the normalisation through the batch mean and variance:
             # dx = invstd * (gx - mean(gx) - xhat * mean(gx * xhat)).
             m_g = np.mean(gx, axis=axes, keepdims=True)
-            m_gx = np.mean(gx * res.xhat, axis=axes, keepdims=True)
-            dx = (gx - m_g - res.xhat * m_gx) * res.invstd.reshape(bs)
+            t = np.multiply(gx, res.xhat)
+            m_gx = np.mean(t, axis=axes, keepdims=True)
+            dx = gx - m_g
+            dx -= np.multiply(res.xhat, m_gx, out=t)
+            dx *= res.invstd.reshape(bs)
         else:
             dx = gx * res.invstd.reshape(bs)
+        del gx
     if needs[1]:
-        dw = np.sum(g * res.xhat, axis=axes)
+        dw = np.sum(np.multiply(g, res.xhat, out=t), axis=axes)
     if needs[2]:
         db = np.sum(g, axis=axes)
     return dx, dw, db
