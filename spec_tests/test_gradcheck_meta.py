@@ -38,6 +38,13 @@ def _planted_conv(flip):
     return Primitive("conv2d_planted", conv_ops.conv2d_fwd, vjp)
 
 
+def _caught(fn, primals, seed, probes=3):
+    """The dot-product test's largest error over a few random probes (u, v): one probe of a
+    wrong vjp can land near its null space by chance (a relative error of 1.5e-4 for one seed
+    of the unflipped kernel), three independent ones do not."""
+    return max(dot_product_test(fn, primals, seed + i) for i in range(probes))
+
+
 def _conv_with(prim, x, w, pad):
     return apply(prim, (x, w, None), conv_ops.ConvParams((1, 1), (pad, pad), (1, 1), 1))
 
@@ -49,7 +56,7 @@ def test_checker_catches_unflipped_kernel(k, pad, seed):
     right, wrong = _planted_conv(True), _planted_conv(False)
     assert check_vjp(lambda x, w: _conv_with(right, x, w, pad), [x, w], seed) < RTOL
     assert check_vjp(lambda x, w: _conv_with(wrong, x, w, pad), [x, w], seed) > 1e-3
-    assert dot_product_test(lambda x, w: _conv_with(wrong, x, w, pad), [x, w], seed) > 1e-3
+    assert _caught(lambda x, w: _conv_with(wrong, x, w, pad), [x, w], seed) > 1e-3
 
 
 def _planted_linear(transpose):
@@ -87,6 +94,6 @@ def test_checker_catches_overwrite_instead_of_accumulate(n, seed):
     Tape._accumulate = staticmethod(overwrite)
     try:
         assert check_vjp(fan_out, [x], seed) > 1e-3
-        assert dot_product_test(fan_out, [x], seed) > 1e-3
+        assert _caught(fan_out, [x], seed) > 1e-3
     finally:
         Tape._accumulate = original
