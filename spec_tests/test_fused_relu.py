@@ -15,7 +15,7 @@ Its residual is the packed bitmap of (y > 0), ceil(numel/8) bytes (SAP-4). NSCon
 import contextlib
 
 import numpy as np
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import refimpl
@@ -109,6 +109,8 @@ def test_fused_relu_in_nsconv_equals_its_unfused_twin(seed, density, stats):
     y, vjp = refimpl.vjp(fused, x, w, gain, b)
     y0, vjp0 = refimpl.vjp(unfused, x, w, gain, b)
     g = rng.standard_normal(y.shape)
-    assert np.array_equal(y, y0) and (y == 0).any() and (y > 0).any()
+    assert np.array_equal(y, y0)
+    # a draw whose outputs are all of one sign exercises only half of the ReLU: draw again
+    assume((y == 0).any() and (y > 0).any())
     for got, want in zip(vjp(g), vjp0(g)):
         assert np.array_equal(got, want)

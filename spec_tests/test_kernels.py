@@ -274,3 +274,43 @@ def test_max_pool_2x2_kernel_is_the_general_loops(n, c, h, w, seed, dtype, ties)
         assert y.tobytes() == y0.tobytes() and np.array_equal(a, a0)
     y, a = PK.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), oh, ow, impl="jit")
     assert y.tobytes() == y0.tobytes() and np.array_equal(a, a0)
+
+
+_SPECIALS = (0.0, -0.0, np.nan, -np.nan, np.inf, -np.inf, 1e-40, -1e-40, 1.0, -1.0)
+
+
+@given(st.integers(1, 67), seeds, dtypes, st.floats(0.0, 0.6))
+def test_relu_kernels_are_the_numpy_twin_bit_for_bit(n, seed, dtype, p_special):
+    """CONV-5: the one-pass ReLU forward (max(x, 0), the packed (x > 0)) and its backward
+    (g times the bit, a multiply) equal NumPy's maximum / packbits / g * uint8 mask bit for
+    bit, for every twin, sizes off a multiple of 8, NaN, ±0, ±inf and subnormals (x and g)."""
+    from refimpl.kernels import relu as RK
+
+    rng = np.random.default_rng(seed)
+
+    def draw():
+        a = rng.standard_normal(n).astype(dtype)
+        pick = rng.random(n) < p_special
+        a[pick] = np.array(_SPECIALS, dtype=dtype)[rng.integers(0, len(_SPECIALS), pick.sum())]
+        return a
+
+    x, g = draw(), draw()
+    # inf * 0 is NaN by design here (the backward multiplies)
+    with np.errstate(invalid="ignore"):
+        _relu_twins_match(RK, x, g, n, dtype)
+
+
+def _relu_twins_match(RK, x, g, n, dtype):
+    view = np.uint32 if dtype == np.float32 else np.uint64
+    y_ref = np.maximum(x, dtype(0))
+    bits_ref = np.packbits(x > 0, bitorder="little")
+    dx_ref = g * np.unpackbits(bits_ref, count=n, bitorder="little")
+    for impl in RK.IMPLS:
+        y, bits = RK.relu_forward(x, impl=impl)
+        assert np.array_equal(y.view(view), y_ref.view(view)), impl
+        assert np.array_equal(bits, bits_ref), impl
+        xc = x.copy()
+        y2, _ = RK.relu_forward(xc, out=xc, impl=impl)  # in place, as the fused conv runs it
+        assert y2 is xc and np.array_equal(xc.view(view), y_ref.view(view)), impl
+        dx = RK.relu_backward(g, bits, impl=impl)
+        assert np.array_equal(dx.view(view), dx_ref.view(view)), impl

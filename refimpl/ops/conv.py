@@ -33,6 +33,7 @@ from ..core._jit import JIT_ENABLED
 from ..core.tape import Plan, Primitive, Residual, Spec
 from ..kernels import conv as K
 from ..kernels import masked_conv as MK
+from ..kernels import relu as RK
 from ..sap import ActivationCache, SapPolicy, SharedCache, decode, plan_cache, prune_and_encode
 
 #: Workspace of the lean SAP selection: a 256-bin histogram of 32-bit counts (8-bit digits).
@@ -153,8 +154,7 @@ def conv2d_fwd(inputs, p, needs):
         y = K.conv2d_forward(x, wd, *p.geometry, impl=p.dense_impl, bias=b)
     bits = None
     if p.relu:  # ReLU'(0) = 0 (CONV-5): the kept bitmap is (y > 0), as the relu primitive's
-        np.maximum(y, y.dtype.type(0), out=y)
-        bits = np.packbits(y > 0, axis=None, bitorder="little")
+        y, bits = RK.relu_forward(y, out=y)
         if p.relu_gain != 1.0:  # a positive gain keeps the bitmap: (g·y > 0) = (y > 0)
             y *= y.dtype.type(p.relu_gain)
     xc, cache = _cache_input(x, p.sap, p.shared, needs[1])
@@ -164,10 +164,7 @@ def conv2d_fwd(inputs, p, needs):
 def conv2d_vjp(res, g, p, needs):
     dx = dw = db = None
     if p.relu:
-        n = int(np.prod(g.shape))
-        positive = np.unpackbits(res.relu_bits, count=n, bitorder="little").reshape(g.shape)
-        g = g * positive  # uint8 0/1 promotes to g's dtype: no float copy of the mask
-        del positive
+        g = RK.relu_backward(g, res.relu_bits)  # g · (y > 0), a multiply (kernels/relu.py)
         if p.relu_gain != 1.0:
             g *= g.dtype.type(p.relu_gain)
     if needs[2]:

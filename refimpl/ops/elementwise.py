@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.tape import Plan, Primitive, Residual, Spec
+from ..kernels import relu as RK
 from .common import unbroadcast
 
 
@@ -36,17 +37,15 @@ def relu_fwd(inputs, params, needs):
     """y = gain · max(x, 0) (gain 1 without params). ReLU'(0) = 0 (CONV-5), so the kept bitmap
     is (x > 0); a positive gain does not change it."""
     (x,) = inputs
-    y = np.maximum(x, x.dtype.type(0))
+    y, bits = RK.relu_forward(x)  # one pass: max(x, 0) and the packed (x > 0)
     if _gain(params) != 1.0:
         y *= y.dtype.type(params.gain)
-    res = ReluRes(np.packbits(x > 0, axis=None, bitorder="little"), x.shape) if needs[0] else None
+    res = ReluRes(bits, x.shape) if needs[0] else None
     return y, res
 
 
 def relu_vjp(res, g, params, needs):
-    n = int(np.prod(res.shape))
-    positive = np.unpackbits(res.bits, count=n, bitorder="little").reshape(res.shape)
-    dx = g * positive  # uint8 0/1 promotes to g's dtype: no float copy of the mask
+    dx = RK.relu_backward(g, res.bits)  # g · (x > 0), a multiply (kernels/relu.py)
     if _gain(params) != 1.0:
         dx *= dx.dtype.type(params.gain)
     return (dx,)
