@@ -248,12 +248,13 @@ void fm_conv2d_backward_bias(float *db, const float *g, const fm_conv_dims *d) {
 }
 
 /* The fused ReLU (refimpl conv2d_fwd with relu=True, CONV-5): y = max(y, 0) in place, as NumPy's
- * maximum (a NaN or -0.0 stays), and the residual bitmap of (y > 0), ceil(numel/8) bytes. */
+ * maximum (a NaN stays, -0.0 becomes +0.0), and the residual bitmap of (y > 0), ceil(numel/8)
+ * bytes. */
 void fm_relu_forward(float *y, uint8_t *bits, int64_t numel) {
     memset(bits, 0, (size_t)((numel + 7) / 8));
     for (int64_t i = 0; i < numel; ++i) {
         const float v = y[i];
-        y[i] = (v >= 0.0f || v != v) ? v : 0.0f;
+        y[i] = (v > 0.0f || v != v) ? v : 0.0f; /* NumPy maximum: NaN kept, -0.0 -> +0.0 */
         if (y[i] > 0.0f) bits[i >> 3] |= (uint8_t)(1u << (i & 7));
     }
 }
