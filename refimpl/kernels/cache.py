@@ -122,9 +122,8 @@ def _gather_naive(flags, words, cand):
     for w in range(words.shape[0]):
         if words[w] == 0:
             continue
-        fs = flags[8 * w:8 * w + 8]
-        for q in range(8):
-            if fs[q] != 0:
+        for q in range(8):  # direct indexing (no slice per word, as select_bits)
+            if flags[8 * w + q] != 0:
                 if c < cap:
                     cand[c] = 8 * w + q
                 c += 1
