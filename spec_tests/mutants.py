@@ -66,6 +66,11 @@ SP, OPT, NS, BAE = ("refimpl/sparsity.py", "refimpl/core/optim.py", "refimpl/ops
 SAP, KC, MEMF, SRV = ("refimpl/sap.py", "refimpl/kernels/cache.py", "refimpl/memory.py",
                       "refimpl/fl/server.py")
 CONV, MKF, CLI = "refimpl/ops/conv.py", "refimpl/kernels/masked_conv.py", "refimpl/memory_cli.py"
+# conv2d_vjp's fused ReLU gating and the bias gradient after it (one mutant swaps them)
+_RELU_VJP = ("    if p.relu:\n        g = RK.relu_backward(g, res.relu_bits)  # g · (y > 0), a "
+             "multiply (kernels/relu.py)\n        if p.relu_gain != 1.0:\n"
+             "            g *= g.dtype.type(p.relu_gain)\n")
+_BIAS_GRAD = "    if needs[2]:\n        db = np.sum(g, axis=(0, 2, 3))\n"
 T = "spec_tests/"
 
 MUTANTS: tuple[Mutant, ...] = (
@@ -79,9 +84,12 @@ MUTANTS: tuple[Mutant, ...] = (
        OPT, "            if m is not None:\n                p *= m\n", "",
        T + "test_optim_unmasked.py"),
     _m("conv5-relu-grad-at-zero", "CONV-5", "ReLU'(0) = 1 (bitmap of x >= 0)",
-       "refimpl/ops/elementwise.py", "np.packbits(x > 0, axis=None",
-       "np.packbits(x >= 0, axis=None",
+       "refimpl/kernels/relu.py", "            if v > zero:\n                acc |= 1 << j",
+       "            if v >= zero:\n                acc |= 1 << j",
        T + "test_conv5_routing.py"),
+    _m("conv5-relu-backward-select", "CONV-5", "ReLU backward selects g instead of multiplying "
+       "(g · 0 loses its sign and NaN)", "refimpl/kernels/relu.py", "        dx[i] = g[i] * m",
+       "        dx[i] = g[i] if m == one else zero", T + "test_kernels.py"),
     _m("conv5-maxpool-last-max-jit", "CONV-5", "compiled max-pool: a later equal value wins",
        "refimpl/kernels/pool.py", "if v > best:", "if v >= best:", T + "test_conv5_routing.py"),
     _m("conv5-maxpool-last-max-np", "CONV-5", "NumPy max-pool: a later equal value wins",
@@ -437,14 +445,18 @@ MUTANTS: tuple[Mutant, ...] = (
        T + "test_faults.py::test_mask3_is_enforced_identically_on_every_kernel_path"),
     # ---- the ReLU fused into the conv (CONV-5) and the packed Ŵ (NSC-3) ----
     _m("conv5-fused-relu-grad-at-zero", "CONV-5", "fused ReLU keeps (y >= 0): ReLU'(0) = 1",
-       CONV, "bits = np.packbits(y > 0, axis=None", "bits = np.packbits(y >= 0, axis=None",
+       CONV, "        y, bits = RK.relu_forward(y, out=y)\n",
+       "        y, bits = RK.relu_forward(y, out=y)\n"
+       '        bits = np.packbits(y >= 0, axis=None, bitorder="little")\n',
+       T + "test_fused_relu.py"),
+    _m("conv5-fused-relu-bias-grad-unmasked", "CONV-5", "fused ReLU: the bias gradient sums the "
+       "cotangent before the ReLU's mask", CONV, _RELU_VJP + _BIAS_GRAD, _BIAS_GRAD + _RELU_VJP,
        T + "test_fused_relu.py"),
     _m("conv5-fused-relu-bits-before-bias", "CONV-5", "fused ReLU bitmap of the conv before its "
-       "bias", CONV, "        np.maximum(y, y.dtype.type(0), out=y)\n"
-       '        bits = np.packbits(y > 0, axis=None, bitorder="little")',
+       "bias", CONV, "        y, bits = RK.relu_forward(y, out=y)\n",
        "        pre = y if b is None else y - b.reshape(-1, 1, 1)\n"
-       "        np.maximum(y, y.dtype.type(0), out=y)\n"
-       '        bits = np.packbits(pre > 0, axis=None, bitorder="little")',
+       "        y, bits = RK.relu_forward(y, out=y)\n"
+       '        bits = np.packbits(pre > 0, axis=None, bitorder="little")\n',
        T + "test_fused_relu.py"),
     _m("nsc3-packed-what-transposed", "NSC-3", "packed Ŵ in (c, j, i) order, not index order",
        NS, "return (MK.gather(what, p.mask.index) if p.packed else what), res",
