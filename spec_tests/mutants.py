@@ -84,9 +84,11 @@ MUTANTS: tuple[Mutant, ...] = (
        OPT, "            if m is not None:\n                p *= m\n", "",
        T + "test_optim_unmasked.py"),
     _m("conv5-relu-grad-at-zero", "CONV-5", "ReLU'(0) = 1 (bitmap of x >= 0)",
+       "refimpl/kernels/relu.py", "np.packbits(y > zero, axis=None",
+       "np.packbits(y >= zero, axis=None", T + "test_conv5_routing.py"),
+    _m("conv5-relu-loops-grad-at-zero", "CONV-5", "ReLU loop twins: ReLU'(0) = 1",
        "refimpl/kernels/relu.py", "            if v > zero:\n                acc |= 1 << j",
-       "            if v >= zero:\n                acc |= 1 << j",
-       T + "test_conv5_routing.py"),
+       "            if v >= zero:\n                acc |= 1 << j", T + "test_kernels.py"),
     _m("conv5-relu-backward-select", "CONV-5", "ReLU backward selects g instead of multiplying "
        "(g · 0 loses its sign and NaN)", "refimpl/kernels/relu.py", "        dx[i] = g[i] * m",
        "        dx[i] = g[i] if m == one else zero", T + "test_kernels.py"),

@@ -6,16 +6,18 @@ The forward is ``np.maximum(x, 0)`` exactly: NaN passes through with its bits, -
 The backward is ``g * m`` with m = 1 or 0 in g's dtype, a multiply (not a select), as NumPy's
 ``g * uint8_mask``: a negative g times 0 is -0.0, NaN or inf times 0 is NaN.
 
-Twins (``refimpl.kernels.pick``): ``np`` (packbits, unpackbits and a multiply: three full-size
-passes and a byte mask), ``naive`` (the loops, interpreted) and ``jit`` (the loops compiled, one
-pass, serial: memory-bound, and a parallel region between BLAS calls costs more than it saves).
+Twins (``refimpl.kernels.pick``): ``np`` (maximum, packbits; unpackbits and a multiply), the
+default; ``naive`` (the loops, interpreted: the oracle) and ``jit`` (the same loops compiled).
+The compiled loops are the porter's shape (ports/c fm_relu_*) but not the fast path here: on a
+(32, 32, 28, 28) float32 tensor the forward took 4.5 ms against NumPy's 0.51 ms and the
+backward 3.9 ms against 0.28 ms (a bit per entry packed in a serial loop does not vectorise).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..core._jit import JIT_ENABLED, njit
+from ..core._jit import njit
 from . import pick
 
 IMPLS = ("naive", "np", "jit")
@@ -70,7 +72,7 @@ _KERNELS = {
 
 
 def _impl(impl):
-    return ("jit" if JIT_ENABLED else "np") if impl is None else impl
+    return "np" if impl is None else impl  # the fastest twin (module docstring)
 
 
 def relu_forward(x: np.ndarray, out: np.ndarray | None = None, impl: str | None = None):
