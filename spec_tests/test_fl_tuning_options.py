@@ -145,6 +145,19 @@ def test_divergence_stops_early_and_is_recorded(tmp_path):
     assert healthy["diverged_round"] is None and healthy["rounds_completed"] == 5
 
 
+def test_a_run_that_diverges_at_once_ends_the_command_cleanly(tmp_path, capsys):
+    """A sweep's divergence is an outcome, not a crash: `fedmef run` stopping in round 1 (no
+    round completed, so no activation figure) prints its summary and exits 0."""
+    from refimpl.cli import main
+
+    d = tmp_path / "d"
+    rc = main(["run", "--preset", "smoke", "--quiet", "--set", "train.lr=1000", "--set",
+               "train.lr_min=1", "--set", "run.stop_on_divergence=true", "--out", str(d)])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "Traceback" not in err, err
+    assert "rounds 0/5" in out and "none (no round completed)" in out
+
+
 # ---- evaluation around prune-and-grow ---------------------------------------------------------
 class _Aggregates(Observer):
     def __init__(self):

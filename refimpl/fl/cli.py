@@ -30,7 +30,9 @@ def _print_summary(summary: dict, out) -> None:
     if acc is not None:
         print(f"final test accuracy {acc:.4f} (loss {summary['final_test_loss']:.4f}); best "
               f"{summary['best_test_accuracy']:.4f} at round {summary['best_round']}")
-    print(f"activation cache per client (max) {human_bytes(summary['activation_bytes_max'])}; "
+    cache = summary["activation_bytes_max"]  # None when no round completed (diverged at once)
+    print(f"activation cache per client (max) "
+          f"{'none (no round completed)' if cache is None else human_bytes(cache)}; "
           f"communication up {human_bytes(summary['bytes_up_total'])}, down "
           f"{human_bytes(summary['bytes_down_total'])}")
     if summary["seconds_per_round"] is not None:
