@@ -54,7 +54,10 @@ class FakeGrid(Grid):
         return self._run
 
     def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
-        raise NotImplementedError("deprecated in Flower; the ServerApp builds Message itself")
+        # Grid declares it abstract; it is Flower's deprecated way to build a message, which
+        # refimpl's ServerApp never uses (it builds Message objects): a call is a bug.
+        raise AssertionError("FakeGrid.create_message: refimpl's ServerApp builds Message "
+                             "objects itself and must not call the deprecated create_message")
 
     def get_node_ids(self):
         return list(self.contexts)

@@ -462,10 +462,10 @@ def _run(op, impl, a, b, stride, padding, dilation, groups, out):
 
 def conv2d_forward(x, w, stride, padding, dilation, groups, impl=None, bias=None):
     """y = conv2d(x, w) (+ bias (O,), inside the layer); returns a new (N, O, OH, OW) array."""
-    out_shape = conv2d_output_shape(x.shape, w.shape, stride, padding, dilation, groups)
     if (DEFAULT_IMPL if impl is None else impl) == "np":  # the bias is added as y moves out
         return _forward_np(np.ascontiguousarray(x), np.ascontiguousarray(w), tuple(stride),
                            tuple(padding), tuple(dilation), int(groups), None, bias)
+    out_shape = conv2d_output_shape(x.shape, w.shape, stride, padding, dilation, groups)
     out = np.empty(out_shape, dtype=x.dtype)
     y = _run("forward", impl, x, w, stride, padding, dilation, groups, out)
     if bias is not None:

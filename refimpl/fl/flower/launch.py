@@ -21,10 +21,11 @@ SuperNodes and the SuperLink by their PIDs, then every process still carrying th
 starts some in new sessions), first with SIGTERM, then SIGKILL, and waits until none is left.
 
 The Flower workspace (the ``FLWR_HOME`` directories, the generated app, the logs) is the hidden
-directory ``.NAME.flower-PID-XXXX`` beside the run directory ``NAME``, like the run's lock and
-its build directory (:mod:`refimpl.fl.rundir`): a run directory is built beside and swapped in,
-and replaced by ``--overwrite``, so live Flower state cannot sit inside it. The workspace is
-removed after a run that succeeded and kept (its path printed) after one that failed.
+directory ``.NAME.flower-PID-HEX`` (HEX: 8 random hex digits) beside the run directory
+``NAME``, like the run's lock and its build directory (:mod:`refimpl.fl.rundir`): a run
+directory is built beside and swapped in, and replaced by ``--overwrite``, so live Flower state
+cannot sit inside it. The workspace is removed after a run that succeeded and kept (its path
+printed) after one that failed.
 """
 
 from __future__ import annotations
