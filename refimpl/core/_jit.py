@@ -17,20 +17,59 @@ Flags live here and nowhere else (STYLE 4):
   workers took the cores that work needed, and the demo round ran 2.5x slower (profile of one
   demo round: 2.72 s spinning, 1.08 s passive). It must be set before the OpenMP runtime loads,
   hence here, before the first kernel compiles.
+- When an OpenMP runtime is already loaded as refimpl loads (PyTorch imported first, as in the
+  cross-check tests and benchmarks), that runtime has fixed its wait policy and Numba's OpenMP
+  layer would share it: its workers spin, and a demo round ran 2.6x slower (1 thread spinning per
+  core; ``benchmarks/round.py``: 2.58 s against 1.20 s). Numba then uses its own ``workqueue``
+  threading layer instead, unless the user chose one (``NUMBA_THREADING_LAYER``) or the loaded
+  runtime waits passively anyway. Results do not depend on the layer: every parallel kernel's
+  iterations write disjoint memory in a fixed order (spec_tests/test_threading_layer.py).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+
+#: The OpenMP runtimes' library names (GNU, LLVM, Intel).
+_OPENMP_LIBS = ("libgomp", "libomp.", "libiomp")
+
+
+def openmp_loaded() -> bool:
+    """Whether an OpenMP runtime is already mapped into this process (Linux: /proc/self/maps;
+    elsewhere: whether PyTorch, which brings one, is imported)."""
+    try:
+        with open("/proc/self/maps") as f:
+            return any(any(lib in line for lib in _OPENMP_LIBS) for line in f)
+    except OSError:
+        return "torch" in sys.modules
+
 
 os.environ.setdefault("NUMBA_OPT", "2")
+_preloaded_openmp = openmp_loaded()
+_passive = os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive"
 if "GOMP_SPINCOUNT" not in os.environ:
     os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+#: Why Numba's threading layer is what it is (printed by the benchmarks).
+THREADING_CHOICE: str = "numba's default (OpenMP first), OMP_WAIT_POLICY=" + os.environ.get(
+    "OMP_WAIT_POLICY", "unset")
+_workqueue = ("NUMBA_THREADING_LAYER" not in os.environ and _preloaded_openmp and not _passive)
+if "NUMBA_THREADING_LAYER" in os.environ:
+    THREADING_CHOICE = f"NUMBA_THREADING_LAYER={os.environ['NUMBA_THREADING_LAYER']} (the user's)"
+elif _workqueue:
+    THREADING_CHOICE = "workqueue (an OpenMP runtime was already loaded with its own wait policy)"
 
 try:  # pragma: no cover - exercised by the numba-absent subprocess test
     import numba as _numba
 except ImportError:  # numba absent: kernels run as plain Python
     _numba = None
+
+if _numba is not None and _workqueue:
+    # set on the config object, not the environment, since numba may have been imported
+    # already; numba picks the layer at the first parallel launch of the process, so this holds
+    # unless other code launched a numba parallel function before refimpl loaded
+    _numba.config.THREADING_LAYER = "workqueue"
 
 HAVE_NUMBA: bool = _numba is not None
 #: True when kernels are compiled (numba present and ``NUMBA_DISABLE_JIT`` unset).

@@ -1,0 +1,104 @@
+# covers: RNG-1
+"""Numba's threading layer is chosen for speed only: with an OpenMP runtime already loaded
+(PyTorch imported first) refimpl switches Numba to its ``workqueue`` layer, otherwise it keeps
+Numba's default with passive OpenMP waits (refimpl/core/_jit.py, docs/decisions.md). Every
+parallel kernel gives the same bytes under either layer and any thread count, so a run is
+bit-identical whichever was chosen (RNG-1)."""
+
+import ctypes.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from refimpl.core._jit import JIT_ENABLED
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(not JIT_ENABLED, reason="needs compiled kernels")
+
+# Runs every parallel kernel family (dense conv moves, masked conv wide and generic paths forward
+# and backward, max-pool) on fixed inputs and prints the layer numba used and a digest of the
+# outputs. argv[1]: a shared library to load before refimpl ("" for none).
+_PROBE = r"""
+import ctypes, hashlib, json, sys
+if sys.argv[1]:
+    ctypes.CDLL(sys.argv[1], mode=ctypes.RTLD_GLOBAL)
+import numpy as np
+import numba
+from refimpl.core import _jit
+from refimpl.kernels import conv as CK, masked_conv as MK, pool as PK
+_jit.set_num_threads(int(sys.argv[2]))
+rng = np.random.default_rng(7)
+h = hashlib.sha256()
+def put(*arrays):
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+x = rng.standard_normal((5, 3, 9, 9)).astype(np.float32)
+w = rng.standard_normal((6, 3, 3, 3)).astype(np.float32)
+b = rng.standard_normal(6).astype(np.float32)
+mask = rng.random(w.shape) < 0.3
+index = MK.build_index(mask)
+val = MK.gather(w, index)
+for stride, pad in (((1, 1), (1, 1)), ((2, 2), (0, 0))):
+    geom = (stride, pad, (1, 1), 1)
+    for impl in ("np", "jit"):
+        y = CK.conv2d_forward(x, w, *geom, impl=impl, bias=b)
+        g = rng.standard_normal(y.shape).astype(np.float32)
+        put(y, CK.conv2d_grad_input(g, w, x.shape, *geom, impl=impl),
+            CK.conv2d_grad_weight(x, g, w.shape, *geom, impl=impl))
+    y = MK.masked_conv2d_forward(x, index, val, b, *geom, y.shape)
+    dx, dval, db = np.zeros_like(x), np.zeros_like(val), np.zeros_like(b)
+    put(y, *MK.masked_conv2d_backward(g, x, index, val, *geom, dx=dx, dval=dval, db=db))
+p, arg = PK.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), 4, 4)
+put(p, arg, PK.max_pool2d_backward(p, arg, x.shape, (2, 2), (2, 2), (0, 0), (1, 1)))
+print(json.dumps({"layer": numba.threading_layer(), "choice": _jit.THREADING_CHOICE,
+                  "digest": h.hexdigest()}))
+"""
+
+
+def _probe(preload: str, threads: int = 2, **env_extra) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(env_extra)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", _PROBE, preload, str(threads)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _gomp() -> str:
+    lib = ctypes.util.find_library("gomp")
+    if lib is None:
+        pytest.skip("no libgomp on this machine")
+    return lib
+
+
+def test_a_preloaded_openmp_runtime_switches_numba_to_workqueue_with_the_same_bytes():
+    plain = _probe("")
+    preloaded = _probe(_gomp())
+    assert preloaded["layer"] == "workqueue", preloaded
+    assert "already loaded" in preloaded["choice"]
+    assert plain["layer"] != "workqueue" or "omp" not in numba_layers(), plain
+    assert preloaded["digest"] == plain["digest"]
+
+
+def test_the_users_layer_and_thread_count_are_kept_and_change_no_byte():
+    gomp = _gomp()
+    base = _probe("", threads=1)
+    chosen = _probe(gomp, threads=2, NUMBA_THREADING_LAYER="workqueue")
+    assert chosen["layer"] == "workqueue" and "the user's" in chosen["choice"], chosen
+    passive = _probe(gomp, threads=2, OMP_WAIT_POLICY="passive")
+    assert passive["layer"] != "workqueue" or "omp" not in numba_layers(), passive
+    assert base["digest"] == chosen["digest"] == passive["digest"]
+
+
+def numba_layers() -> set:
+    """The threading layers numba can load here (omp needs a system OpenMP runtime)."""
+    out = subprocess.run([sys.executable, "-c", "import numba.np.ufunc.omppool"],
+                         capture_output=True, text=True, timeout=120)
+    return {"workqueue"} | ({"omp"} if out.returncode == 0 else set())
