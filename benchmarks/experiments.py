@@ -35,6 +35,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -1080,15 +1081,48 @@ def report(scale: Scale, out: Path, page: Path, command: str) -> str:
                  + ("\n".join(f"- {f}" for f in found) if found else
                     "None yet: no pair of rows has its runs.") + "\n")
     parts.append(estimate_section(scale, out))
-    parts.append("\n## Discussion\n\nThe hand-written discussion of the previous grid (25 "
-                 "rounds, one learning rate for every method, no validation split) is "
-                 "superseded by this protocol; it is kept, marked as such, in "
-                 "`docs/results_discussion.md`. A new discussion is written from these tables "
-                 "once the full grid has run.\n")
+    parts.append(discussion(page.parent / "results_discussion.md", "\n".join(parts)))
     text = "\n".join(parts)
     page.parent.mkdir(parents=True, exist_ok=True)
     _write(page, text)
     return text
+
+
+class CitationError(ValueError):
+    """The hand-written discussion cites a row id that the generated tables do not have."""
+
+
+def cited_ids(text: str) -> list[str]:
+    """The row ids a text cites: every ``[X:id, Y:id*]`` bracket (X a table's capital letter; a
+    trailing ``*`` stands for any ending)."""
+    ids = []
+    for group in re.findall(r"\[([A-Z]:[^\]]+)\]", text):
+        ids += [c.strip() for c in group.split(",") if c.strip()]
+    return ids
+
+
+def table_ids(text: str) -> set[str]:
+    """The ids in the first column of the page's tables."""
+    return set(re.findall(r"^\| ([A-Z]:[^ |]+) \|", text, flags=re.M))
+
+
+def discussion(path: Path, tables: str) -> str:
+    """The page's discussion section: the hand-written ``results_discussion.md`` beside the page,
+    included verbatim after checking that every row it cites is in ``tables``; raises
+    :class:`CitationError` naming the ones that are not."""
+    head = "\n## Discussion\n\n"
+    if not path.is_file():
+        return head + ("No discussion is written for this grid yet (`results_discussion.md` "
+                       "beside this page). The findings above are computed from the tables.\n")
+    text = path.read_text(encoding="utf-8")
+    have = table_ids(tables)
+    missing = [c for c in cited_ids(text)
+               if not (any(h.startswith(c[:-1]) for h in have) if c.endswith("*") else c in have)]
+    if missing:
+        raise CitationError(f"{path} cites rows this page does not have: {', '.join(missing)}; "
+                            f"cite the ids of the tables in {path.parent / 'results.md'}")
+    return head + f"Hand-written in `{path.name}`; every claim cites the rows it rests on.\n\n" \
+        + text.strip() + "\n"
 
 
 def _write(path: Path, text: str) -> None:
@@ -1222,7 +1256,11 @@ def main(argv=None) -> int:
         inv.update(complete=True)
         if failed:
             print(f"{len(failed)} run(s) failed; see their logs. Rerun to resume them.")
-    report(scale, out, page, command)
+    try:
+        report(scale, out, page, command)
+    except CitationError as e:
+        print(f"experiments: {e}; the page was not rewritten", file=sys.stderr)
+        return 1
     print(f"wrote {page}")
     return 0
 

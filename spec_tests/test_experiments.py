@@ -182,3 +182,24 @@ def test_an_invocation_stopped_midway_keeps_its_time(tmp_path):
     assert all(i["seconds"] >= 0 and i["cpu_seconds"] >= 0 for i in inv)
     text = ex.wall_times(tmp_path)
     assert "2 invocation(s)" in text and "stopped midway" in text and "CPU time" in text
+
+
+def test_the_discussion_is_included_only_when_every_row_it_cites_is_on_the_page(grid):
+    """The hand-written discussion beside the page is included verbatim; a citation of a row
+    the tables do not have stops the build (the old page stays) instead of publishing it."""
+    ex, scale, out, page, text, _, _ = grid
+    assert "No discussion is written for this grid yet" in text
+    disc = page.parent / "results_discussion.md"
+    try:
+        disc.write_text("FedMef trails [H:fedmef-d0.1, H:prune_grow-d0.1]; BaE rows "
+                        "[B:fedmef-d0.1-t*].\n")
+        built = ex.report(scale, out, page, "python benchmarks/experiments.py --quick")
+        assert "FedMef trails [H:fedmef-d0.1, H:prune_grow-d0.1]" in built
+        assert page.read_text() == built
+        disc.write_text("A claim [H:fedmef-d0.1, H:no-such-row] and [S:nothing*].\n")
+        with pytest.raises(ex.CitationError, match="H:no-such-row, S:nothing"):
+            ex.report(scale, out, page, "python benchmarks/experiments.py --quick")
+        assert page.read_text() == built
+    finally:
+        disc.unlink(missing_ok=True)
+        ex.report(scale, out, page, "python benchmarks/experiments.py --quick")
