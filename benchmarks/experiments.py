@@ -386,7 +386,7 @@ class Invocation:
         self.failed += failed
         self.inv[-1] = {"seconds": round(time.perf_counter() - self.t0, 1),
                         "cpu_seconds": round(self._cpu() - self.cpu0, 1), "load": _load(),
-                        "failed": self.failed, "complete": complete}
+                        "failed": self.failed, "complete": complete, "commit": _commit()}
         _write(self.log, json.dumps({"invocations": self.inv}, indent=1) + "\n")
 
 
@@ -899,18 +899,23 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores{mem}"
 
 
+def _commit() -> str:
+    """The checkout's commit (``git describe --always --dirty``), or "unknown"."""
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                              capture_output=True, text=True).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
 def versions() -> str:
     import numba
     import numpy
     import scipy
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                capture_output=True, text=True).stdout.strip() or "unknown"
-    except OSError:
-        commit = "unknown"
     return (f"Python {platform.python_version()}, NumPy {numpy.__version__}, Numba "
-            f"{numba.__version__}, SciPy {scipy.__version__}; refimpl commit {commit}")
+            f"{numba.__version__}, SciPy {scipy.__version__}; page built at refimpl commit "
+            f"{_commit()}")
 
 
 def wall_times(out: Path) -> str:
@@ -922,6 +927,7 @@ def wall_times(out: Path) -> str:
     total = sum(i["seconds"] for i in inv)
     cpu = [i["cpu_seconds"] for i in inv if "cpu_seconds" in i]
     each = "; ".join(f"{i['seconds'] / 60:.0f} min"
+                     + (f" at commit {i['commit']}" if i.get("commit") else "")
                      + ("" if i.get("complete", True) else " (stopped midway)")
                      + f", load average {i['load']} at its last update" for i in inv)
     cpu_text = (f"; the runs used {sum(cpu) / 3600:.2f} h of CPU time (the wall time also "
@@ -982,6 +988,7 @@ def report(scale: Scale, out: Path, page: Path, command: str) -> str:
                 bae_rows[name] = (_mean(ch), r.row.label)
     pics = page.parent / "results"
     pic_names = plots(scale, results, gap_series, pics)
+    archived = archive_runs(out, pics / ARCHIVE)
     data = DATASET_NAMES.get(scale.datasets["fmnist"], scale.datasets["fmnist"])
     group = {g: [r for r in results if r.row.group == g]
              for g in ("main", "bae", "nsconv", "mnist")}
@@ -1001,6 +1008,11 @@ def report(scale: Scale, out: Path, page: Path, command: str) -> str:
         f"(`sweep/`, `final/`); every number comes from the runs' files and the analytic "
         f"memory ledger. Do not edit by hand: rerun the command.\n",
         f"**Command.** `{command}`\n",
+        f"**The runs' records.** `results/{ARCHIVE}` beside this page holds every run's "
+        f"`config.toml`, `run.json`, `summary.json` and `metrics.jsonl` ({archived} runs), "
+        f"with the grid's `plans/` and `grid.json`, under `{out.name}/`. Unpacked "
+        f"(`tar -xJf {ARCHIVE} -C DIR`), `python benchmarks/experiments.py --report-only "
+        f"--out DIR/{out.name} --page P` rebuilds these tables from them.\n",
         f"**Machine.** {machine()}; {versions()}.\n",
         f"**Grid wall time.** {wall_times(out)}.\n",
         "## Protocol\n",
@@ -1086,6 +1098,36 @@ def report(scale: Scale, out: Path, page: Path, command: str) -> str:
     page.parent.mkdir(parents=True, exist_ok=True)
     _write(page, text)
     return text
+
+
+ARCHIVE = "runs.tar.xz"
+#: The files of a run directory that hold its results (not the model, checkpoints or plots).
+RECORDS = ("config.toml", "run.json", "summary.json", "metrics.jsonl")
+
+
+def archive_runs(out: Path, dest: Path) -> int:
+    """Write the runs' records under ``out`` (sweep/ and final/: RECORDS of each run; plans/ and
+    grid.json) to the tar.xz ``dest``, deterministically (sorted names, no times or owners:
+    the same runs give the same bytes), atomically. Returns how many runs it holds."""
+    import io
+    import tarfile
+
+    files = sorted(p for kind in ("sweep", "final") for p in (out / kind).glob("*/*")
+                   if p.name in RECORDS and p.is_file())
+    files += sorted((out / "plans").glob("*.toml")) + [p for p in [out / "grid.json"]
+                                                         if p.is_file()]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:xz", format=tarfile.PAX_FORMAT) as tar:
+        for p in files:
+            data = p.read_bytes()
+            info = tarfile.TarInfo(f"{out.name}/{p.relative_to(out).as_posix()}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    from refimpl.fl.store import atomic_write_bytes
+
+    atomic_write_bytes(dest, buf.getvalue())
+    return len({p.parent for p in files if p.parent.parent.name in ("sweep", "final")})
 
 
 class CitationError(ValueError):

@@ -203,3 +203,26 @@ def test_the_discussion_is_included_only_when_every_row_it_cites_is_on_the_page(
     finally:
         disc.unlink(missing_ok=True)
         ex.report(scale, out, page, "python benchmarks/experiments.py --quick")
+
+
+def test_the_archived_records_rebuild_the_same_tables(grid, tmp_path):
+    """Every number is traceable: the page's archive of the runs' records (no models, no
+    checkpoints) rebuilds the same tables, and archiving the same runs gives the same bytes."""
+    import tarfile
+
+    ex, scale, out, page, text, _, _ = grid
+    archive = page.parent / "results" / ex.ARCHIVE
+    first = archive.read_bytes()
+    ex.archive_runs(out, tmp_path / "again.tar.xz")
+    assert (tmp_path / "again.tar.xz").read_bytes() == first
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+        assert not any(n.endswith((".npz", ".png")) for n in names)
+        tar.extractall(tmp_path / "x", filter="data")
+    rebuilt = ex.report(scale, tmp_path / "x" / out.name, tmp_path / "page" / "results.md",
+                        "rebuilt")
+
+    def tables(t):
+        return [line for line in t.splitlines() if line.startswith("| ")]
+
+    assert tables(rebuilt) == tables(text) and len(tables(text)) > 20
