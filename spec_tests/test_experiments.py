@@ -226,3 +226,28 @@ def test_the_archived_records_rebuild_the_same_tables(grid, tmp_path):
         return [line for line in t.splitlines() if line.startswith("| ")]
 
     assert tables(rebuilt) == tables(text) and len(tables(text)) > 20
+
+
+def test_a_grid_stopped_by_sigterm_logs_its_time(tmp_path):
+    """SIGTERM (how a job scheduler stops the grid) ends the invocation like Ctrl-C: its wall
+    time up to the signal is logged, marked as stopped midway."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    script = str(ROOT / "benchmarks" / "experiments.py")
+    code = ("import importlib.util, sys, time; from pathlib import Path\n"
+            f"spec = importlib.util.spec_from_file_location('ex', {script!r})\n"
+            "ex = importlib.util.module_from_spec(spec); sys.modules['ex'] = ex\n"
+            "spec.loader.exec_module(ex)\n"
+            "with ex.Invocation(Path(sys.argv[1])):\n"
+            "    print('ready', flush=True); time.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.stdout.readline().strip() == "ready"
+    time.sleep(1.0)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=30) == 128 + signal.SIGTERM
+    (inv,) = json.loads((tmp_path / "grid.json").read_text())["invocations"]
+    assert inv["complete"] is False and inv["seconds"] >= 1.0
