@@ -20,8 +20,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, ROOT)
 
-# PyTorch first: it loads its own OpenMP runtime with the environment as the user left it, before
-# refimpl.core._jit sets Numba's OMP_WAIT_POLICY (passive). The peer runs with its defaults.
+# PyTorch first: it loads its OpenMP runtime with the environment as the user left it, before
+# refimpl.core._jit sets OMP_WAIT_POLICY (passive), so the peer runs with its defaults; refimpl
+# then runs its parallel kernels on Numba's workqueue layer (refimpl/core/_jit.py).
 # REFIMPL_BENCH_NO_TORCH=1: a child process that times refimpl alone, as a user runs it.
 if os.environ.get("REFIMPL_BENCH_NO_TORCH") != "1":
     try:

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The commit at the filing of the speed issue (issue 12).
+BASELINE = "815a6ed"
 
 #: benchmarks/experiments.py at 815a6ed: the setting every run of that grid shared.
 GRID_SETS = (
@@ -118,7 +120,7 @@ def measure(rev: str, rounds: int, tree: Path | None = None, log=print) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--baseline", default="815a6ed", help="the old commit (default: 815a6ed)")
+    ap.add_argument("--baseline", default=BASELINE, help=f"the old commit (default: {BASELINE})")
     ap.add_argument("--baseline-tree", default=None,
                     help="an existing checkout of the old code, instead of a temporary worktree")
     ap.add_argument("--rounds", type=int, default=6)

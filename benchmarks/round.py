@@ -140,8 +140,8 @@ def measure(threads: int, repeats: int = 5, t: int = 1, preset: str = "demo", se
 def measure_alone(threads: int, repeats: int = 5, t: int = 1, preset: str = "demo",
                   sets=()) -> dict:
     """refimpl's round and dense local training timed in a process that never loads PyTorch, as a
-    user runs them. (PyTorch and Numba share one OpenMP runtime in a process, with PyTorch's
-    spinning wait policy when PyTorch loads first; see refimpl/core/_jit.py.) Seconds per
+    user runs them (Numba on OpenMP with passive waits; with PyTorch loaded first, refimpl uses
+    Numba's workqueue layer instead: refimpl/core/_jit.py). Seconds per
     repeat."""
     _keep, _ = set_threads(threads)
     w = _Round(t, preset, sets)
