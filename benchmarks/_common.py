@@ -44,7 +44,7 @@ def set_threads(n: int):
         sys.modules["torch"].set_num_threads(n)
     blas = ", ".join(f"{i['internal_api']} {i.get('version')} ({i.get('architecture')}) x"
                      f"{i['num_threads']}" for i in threadpool_info())
-    return limiter, f"threads={n}; BLAS: {blas}; Numba layer: {_jit.THREADING_CHOICE}"
+    return limiter, f"threads={n}; BLAS: {blas}; Numba layer: {_jit.threading_choice()}"
 
 
 def best_of(fn, repeat: int = 7, warmup: int = 2) -> float:

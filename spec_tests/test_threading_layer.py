@@ -20,16 +20,29 @@ ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(not JIT_ENABLED, reason="needs compiled kernels")
 
-# Runs every parallel kernel family (dense conv moves, masked conv wide and generic paths forward
-# and backward, max-pool) on fixed inputs and prints the layer numba used and a digest of the
-# outputs. argv[1]: a shared library to load before refimpl ("" for none).
+# Compiles one uncached parallel function first (Numba re-reads its configuration at a compile),
+# then runs the parallel kernel families (the masked conv's wide and generic paths, forward and
+# backward; max-pool) and the dense conv twins (their data moves compile serial) on fixed inputs,
+# and prints the layer Numba used and a digest of the outputs. argv[1]: a shared library to load
+# before refimpl ("" for none); argv[2]: threads; argv[3]: "numba-first" to import numba before
+# refimpl.
 _PROBE = r"""
 import ctypes, hashlib, json, sys
 if sys.argv[1]:
     ctypes.CDLL(sys.argv[1], mode=ctypes.RTLD_GLOBAL)
 import numpy as np
-import numba
+if sys.argv[3] == "numba-first":
+    import numba
 from refimpl.core import _jit
+import numba
+
+@numba.njit(parallel=True, cache=False)
+def fresh(a):
+    for i in numba.prange(a.shape[0]):
+        a[i] += 1.0
+    return a
+
+fresh(np.zeros(64))
 from refimpl.kernels import conv as CK, masked_conv as MK, pool as PK
 _jit.set_num_threads(int(sys.argv[2]))
 rng = np.random.default_rng(7)
@@ -55,20 +68,29 @@ for stride, pad in (((1, 1), (1, 1)), ((2, 2), (0, 0))):
     put(y, *MK.masked_conv2d_backward(g, x, index, val, *geom, dx=dx, dval=dval, db=db))
 p, arg = PK.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), 4, 4)
 put(p, arg, PK.max_pool2d_backward(p, arg, x.shape, (2, 2), (2, 2), (0, 0), (1, 1)))
-print(json.dumps({"layer": numba.threading_layer(), "choice": _jit.THREADING_CHOICE,
+print(json.dumps({"layer": numba.threading_layer(), "choice": _jit.threading_choice(),
                   "digest": h.hexdigest()}))
 """
 
 
-def _probe(preload: str, threads: int = 2, **env_extra) -> dict:
+def _probe(preload: str, threads: int = 2, order: str = "refimpl-first", **env_extra) -> dict:
+    """The probe in a fresh process whose environment holds no Numba or OpenMP settings but
+    ``env_extra`` (so refimpl's own NUMBA_OPT default is a change Numba sees)."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+           if not k.startswith(("NUMBA_", "OMP_", "GOMP_"))}
     env.update(env_extra)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, "-c", _PROBE, preload, str(threads)], env=env,
+    out = subprocess.run([sys.executable, "-c", _PROBE, preload, str(threads), order], env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def numba_layers() -> set:
+    """The threading layers numba can load here (omp needs a system OpenMP runtime)."""
+    out = subprocess.run([sys.executable, "-c", "import numba.np.ufunc.omppool"],
+                         capture_output=True, text=True, timeout=120)
+    return {"workqueue"} | ({"omp"} if out.returncode == 0 else set())
 
 
 def _gomp() -> str:
@@ -81,8 +103,11 @@ def _gomp() -> str:
 def test_a_preloaded_openmp_runtime_switches_numba_to_workqueue_with_the_same_bytes():
     plain = _probe("")
     preloaded = _probe(_gomp())
-    assert preloaded["layer"] == "workqueue", preloaded
-    assert "already loaded" in preloaded["choice"]
+    numba_first = _probe(_gomp(), order="numba-first")  # numba imported before refimpl
+    for p in (preloaded, numba_first):
+        assert p["layer"] == "workqueue", p
+        assert "already loaded" in p["choice"]
+    assert numba_first["digest"] == preloaded["digest"]
     assert plain["layer"] != "workqueue" or "omp" not in numba_layers(), plain
     assert preloaded["digest"] == plain["digest"]
 
@@ -96,9 +121,3 @@ def test_the_users_layer_and_thread_count_are_kept_and_change_no_byte():
     assert passive["layer"] != "workqueue" or "omp" not in numba_layers(), passive
     assert base["digest"] == chosen["digest"] == passive["digest"]
 
-
-def numba_layers() -> set:
-    """The threading layers numba can load here (omp needs a system OpenMP runtime)."""
-    out = subprocess.run([sys.executable, "-c", "import numba.np.ufunc.omppool"],
-                         capture_output=True, text=True, timeout=120)
-    return {"workqueue"} | ({"omp"} if out.returncode == 0 else set())

@@ -31,18 +31,21 @@ from __future__ import annotations
 import os
 import sys
 
-#: The OpenMP runtimes' library names (GNU, LLVM, Intel).
-_OPENMP_LIBS = ("libgomp", "libomp.", "libiomp")
+#: File names of the OpenMP runtimes a process shares by soname (GNU, LLVM, Intel). Vendored
+#: copies under another name (scikit-learn's ``libgomp-<hash>.so``) are separate runtimes.
+_OPENMP_SONAMES = ("libgomp.so", "libomp.so", "libiomp5.so")
 
 
 def openmp_loaded() -> bool:
-    """Whether an OpenMP runtime is already mapped into this process (Linux: /proc/self/maps;
-    elsewhere: whether PyTorch, which brings one, is imported)."""
+    """Whether an OpenMP runtime that Numba's OpenMP layer would share is already mapped into
+    this process (Linux: /proc/self/maps; elsewhere: whether PyTorch, which brings one, is
+    imported)."""
     try:
         with open("/proc/self/maps") as f:
-            return any(any(lib in line for lib in _OPENMP_LIBS) for line in f)
+            names = {line.rsplit("/", 1)[-1].strip() for line in f if "/" in line}
     except OSError:
         return "torch" in sys.modules
+    return any(name.startswith(_OPENMP_SONAMES) for name in names)
 
 
 os.environ.setdefault("NUMBA_OPT", "2")
@@ -50,15 +53,7 @@ _preloaded_openmp = openmp_loaded()
 _passive = os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive"
 if "GOMP_SPINCOUNT" not in os.environ:
     os.environ.setdefault("OMP_WAIT_POLICY", "passive")
-
-#: Why Numba's threading layer is what it is (printed by the benchmarks).
-THREADING_CHOICE: str = "numba's default (OpenMP first), OMP_WAIT_POLICY=" + os.environ.get(
-    "OMP_WAIT_POLICY", "unset")
 _workqueue = ("NUMBA_THREADING_LAYER" not in os.environ and _preloaded_openmp and not _passive)
-if "NUMBA_THREADING_LAYER" in os.environ:
-    THREADING_CHOICE = f"NUMBA_THREADING_LAYER={os.environ['NUMBA_THREADING_LAYER']} (the user's)"
-elif _workqueue:
-    THREADING_CHOICE = "workqueue (an OpenMP runtime was already loaded with its own wait policy)"
 
 try:  # pragma: no cover - exercised by the numba-absent subprocess test
     import numba as _numba
@@ -66,10 +61,26 @@ except ImportError:  # numba absent: kernels run as plain Python
     _numba = None
 
 if _numba is not None and _workqueue:
-    # set on the config object, not the environment, since numba may have been imported
-    # already; numba picks the layer at the first parallel launch of the process, so this holds
-    # unless other code launched a numba parallel function before refimpl loaded
+    # On the config object, not in the environment (child processes would inherit it). Numba
+    # re-reads its configuration from the environment whenever a NUMBA_* variable changed since
+    # it last read it (at every compile), which would undo the assignment: NUMBA_OPT was just
+    # set above, so re-read first. Numba picks the layer at the process's first parallel
+    # launch, so this holds unless other code launched a Numba parallel function before.
+    _numba.config.reload_config()
     _numba.config.THREADING_LAYER = "workqueue"
+
+
+def threading_choice() -> str:
+    """Which threading layer Numba's parallel kernels use here, and why (for the benchmarks)."""
+    if _numba is None:
+        return "no numba: kernels run as plain Python"
+    if "NUMBA_THREADING_LAYER" in os.environ:
+        return f"NUMBA_THREADING_LAYER={os.environ['NUMBA_THREADING_LAYER']} (the user's)"
+    if _workqueue:
+        return "workqueue (an OpenMP runtime was already loaded with its own wait policy)"
+    return ("numba's default (the first of tbb, omp, workqueue it can load), OMP_WAIT_POLICY="
+            + os.environ.get("OMP_WAIT_POLICY", "unset"))
+
 
 HAVE_NUMBA: bool = _numba is not None
 #: True when kernels are compiled (numba present and ``NUMBA_DISABLE_JIT`` unset).
