@@ -31,15 +31,19 @@ its directories, and every statement of the "Findings" section cites table rows.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -320,18 +324,39 @@ def _without_root(text: str) -> str:
 
 def stale(run: Run) -> bool:
     """Whether the run's directory holds another configuration than the grid plans (the plan
-    changed since it ran): it is then neither reused nor overwritten."""
+    changed since it ran): it is then neither reused nor overwritten, but moved to
+    ``OUT/superseded/``."""
     p = run.path / "config.toml"
     return p.exists() and _without_root(p.read_text()) != planned_config(run)
+
+
+#: The runs in progress (their processes), for a SIGTERM to stop.
+_CHILDREN: set = set()
+
+
+def _stop_children(signum: int) -> None:
+    """Send ``signum`` to every run in progress (``fedmef run`` stops at it and keeps its last
+    checkpoint, so the next invocation resumes it)."""
+    for proc in list(_CHILDREN):
+        try:
+            proc.send_signal(signum)
+        except OSError:
+            pass
 
 
 def launch(run: Run, out: Path) -> tuple[str, float, int]:
     """Run (or resume) one run in a subprocess; returns (dir, seconds, exit code)."""
     d = run.path
-    if stale(run):
-        print(f"{d} holds another configuration than the grid plans (the plan changed); move "
-              f"it away or delete it, then rerun", flush=True)
-        return str(d), 0.0, 1
+    if stale(run):  # kept for the record, out of the grid's way
+        keep = out / "superseded" / f"{d.parent.name}-{d.name}"
+        n = 1
+        while keep.exists():
+            n += 1
+            keep = out / "superseded" / f"{d.parent.name}-{d.name}-{n}"
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(d, keep)
+        print(f"{d} held another configuration than the grid now plans; moved to {keep}",
+              flush=True)
     if finished(d, run.rounds):
         return str(d), 0.0, 0
     cmd = [sys.executable, "-m", "refimpl.cli", "run"]
@@ -351,7 +376,11 @@ def launch(run: Run, out: Path) -> tuple[str, float, int]:
                                      # one BLAS thread per run: runs go in parallel (--jobs)
                                      "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
                                      "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"})
-        _, status, usage = os.wait4(proc.pid, 0)
+        _CHILDREN.add(proc)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            _CHILDREN.discard(proc)
         proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
     # the CPU time the run used (user + system): what it costs on cores it has to itself,
@@ -375,26 +404,29 @@ class Invocation:
         self.log = out / "grid.json"
         self.inv = json.loads(self.log.read_text())["invocations"] if self.log.exists() else []
         self.t0 = time.perf_counter()
+        self.commit = _commit()
         self.cpu0 = self._cpu()
         self.inv.append({})
         self.failed = 0
         self.update(complete=False)
 
     def __enter__(self) -> Invocation:
-        """Within ``with``: SIGTERM stops the invocation like Ctrl-C, so its time is kept."""
-        import signal
+        """Within ``with`` (in the main thread): SIGTERM stops the invocation like Ctrl-C: the
+        runs in progress are stopped (they keep their checkpoints) and its time is kept."""
 
         def stop(signum, frame):
+            _stop_children(signum)
             raise SystemExit(128 + signum)
 
         self._sigterm = signal.signal(signal.SIGTERM, stop)
         return self
 
     def __exit__(self, kind, value, tb) -> bool:
-        import signal
-
-        signal.signal(signal.SIGTERM, self._sigterm)
-        self.update(complete=kind is None)
+        try:
+            self.update(complete=kind is None)
+        finally:  # a handler installed from C reads as None: restore the default then
+            signal.signal(signal.SIGTERM,
+                          self._sigterm if self._sigterm is not None else signal.SIG_DFL)
         return False
 
     def _cpu(self) -> float:
@@ -405,7 +437,7 @@ class Invocation:
         self.failed += failed
         self.inv[-1] = {"seconds": round(time.perf_counter() - self.t0, 1),
                         "cpu_seconds": round(self._cpu() - self.cpu0, 1), "load": _load(),
-                        "failed": self.failed, "complete": complete, "commit": _commit()}
+                        "failed": self.failed, "complete": complete, "commit": self.commit}
         _write(self.log, json.dumps({"invocations": self.inv}, indent=1) + "\n")
 
 
@@ -919,12 +951,17 @@ def machine() -> str:
 
 
 def _commit() -> str:
-    """The checkout's commit (``git describe --always --dirty``), or "unknown"."""
+    """The checkout's short commit, with "+changes" when refimpl/ or benchmarks/ differ from it
+    (other files, such as the page itself, do not make the code differ); "unknown" without
+    git."""
     try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
-                              capture_output=True, text=True).stdout.strip() or "unknown"
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                              capture_output=True, text=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "refimpl", "benchmarks"],
+                                 cwd=ROOT, capture_output=True, text=True).stdout.strip()
     except OSError:
         return "unknown"
+    return (head + ("+changes" if changed else "")) if head else "unknown"
 
 
 def versions() -> str:
@@ -1005,9 +1042,29 @@ def report(scale: Scale, out: Path, page: Path, command: str) -> str:
                   for recs in r.recs for x in recs if x.get("adjustment_eval")]
             if ch:
                 bae_rows[name] = (_mean(ch), r.row.label)
+    # the pictures and the archive are staged, and replace the old ones only with the page
     pics = page.parent / "results"
-    pic_names = plots(scale, results, gap_series, pics)
-    archived = archive_runs(out, pics / ARCHIVE)
+    page.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".results-staging.", dir=page.parent))
+    try:
+        text = _page(scale, out, page, command, table, winners, results, by, baseline, block,
+                     gap_md, gap_series, bae_md, gap_rows, bae_rows, staging)
+        pics.mkdir(parents=True, exist_ok=True)
+        for f in sorted(staging.iterdir()):
+            os.replace(f, pics / f.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _write(page, text)
+    return text
+
+
+def _page(scale, out, page, command, table, winners, results, by, baseline, block, gap_md,
+          gap_series, bae_md, gap_rows, bae_rows, staging: Path) -> str:
+    """The page's text; its pictures and archive are written into ``staging``. Raises
+    :class:`CitationError` (before anything is published) when the discussion cites a row
+    the tables do not have."""
+    pic_names = plots(scale, results, gap_series, staging)
+    archived = archive_runs(out, staging / ARCHIVE)
     data = DATASET_NAMES.get(scale.datasets["fmnist"], scale.datasets["fmnist"])
     group = {g: [r for r in results if r.row.group == g]
              for g in ("main", "bae", "nsconv", "mnist")}
@@ -1113,10 +1170,7 @@ def report(scale: Scale, out: Path, page: Path, command: str) -> str:
                     "None yet: no pair of rows has its runs.") + "\n")
     parts.append(estimate_section(scale, out))
     parts.append(discussion(page.parent / "results_discussion.md", "\n".join(parts)))
-    text = "\n".join(parts)
-    page.parent.mkdir(parents=True, exist_ok=True)
-    _write(page, text)
-    return text
+    return "\n".join(parts)
 
 
 ARCHIVE = "runs.tar.xz"
@@ -1125,16 +1179,13 @@ RECORDS = ("config.toml", "run.json", "summary.json", "metrics.jsonl")
 
 
 def archive_runs(out: Path, dest: Path) -> int:
-    """Write the runs' records under ``out`` (sweep/ and final/: RECORDS of each run; plans/ and
-    grid.json) to the tar.xz ``dest``, deterministically (sorted names, no times or owners:
-    the same runs give the same bytes), atomically. Returns how many runs it holds."""
-    import io
-    import tarfile
-
+    """Write the runs' records under ``out`` (sweep/ and final/: RECORDS of each run; plans/,
+    grid.json and estimate.json) to the tar.xz ``dest``, deterministically (sorted names, no
+    times or owners: the same records give the same bytes). Returns how many runs it holds."""
     files = sorted(p for kind in ("sweep", "final") for p in (out / kind).glob("*/*")
                    if p.name in RECORDS and p.is_file())
-    files += sorted((out / "plans").glob("*.toml")) + [p for p in [out / "grid.json"]
-                                                         if p.is_file()]
+    files += sorted((out / "plans").glob("*.toml"))
+    files += [p for p in (out / "grid.json", out / "estimate.json") if p.is_file()]
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:xz", format=tarfile.PAX_FORMAT) as tar:
         for p in files:
@@ -1142,10 +1193,7 @@ def archive_runs(out: Path, dest: Path) -> int:
             info = tarfile.TarInfo(f"{out.name}/{p.relative_to(out).as_posix()}")
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             tar.addfile(info, io.BytesIO(data))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    from refimpl.fl.store import atomic_write_bytes
-
-    atomic_write_bytes(dest, buf.getvalue())
+    _write_bytes(dest, buf.getvalue())
     return len({p.parent for p in files if p.parent.parent.name in ("sweep", "final")})
 
 
@@ -1160,6 +1208,14 @@ def cited_ids(text: str) -> list[str]:
     for group in re.findall(r"\[([A-Z]:[^\]]+)\]", text):
         ids += [c.strip() for c in group.split(",") if c.strip()]
     return ids
+
+
+def _cites(have: set, c: str) -> bool:
+    """Whether the table ids ``have`` hold the citation c (``X:stem*``: one whose id starts with
+    X:stem, the stem at least one character)."""
+    if c.endswith("*"):
+        return len(c) > 3 and any(h.startswith(c[:-1]) for h in have)
+    return c in have
 
 
 def table_ids(text: str) -> set[str]:
@@ -1177,13 +1233,22 @@ def discussion(path: Path, tables: str) -> str:
                        "beside this page). The findings above are computed from the tables.\n")
     text = path.read_text(encoding="utf-8")
     have = table_ids(tables)
-    missing = [c for c in cited_ids(text)
-               if not (any(h.startswith(c[:-1]) for h in have) if c.endswith("*") else c in have)]
+    cited = cited_ids(text)
+    if not cited:
+        raise CitationError(f"{path} cites no row of the tables (a claim cites its rows as "
+                            f"[H:row-id, ...]); is it the discussion of this grid?")
+    missing = [c for c in cited if not _cites(have, c)]
     if missing:
         raise CitationError(f"{path} cites rows this page does not have: {', '.join(missing)}; "
                             f"cite the ids of the tables in {path.parent / 'results.md'}")
     return head + f"Hand-written in `{path.name}`; every claim cites the rows it rests on.\n\n" \
         + text.strip() + "\n"
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    from refimpl.fl.store import atomic_write_bytes
+
+    atomic_write_bytes(path, data)
 
 
 def _write(path: Path, text: str) -> None:

@@ -8,8 +8,14 @@ generator is checked without hours of training; `--quick` runs the real pipeline
 
 import importlib.util
 import json
+import os
 import re
+import shutil
+import signal
+import subprocess
 import sys
+import tarfile
+import time
 from pathlib import Path
 
 import matplotlib.image
@@ -196,10 +202,21 @@ def test_the_discussion_is_included_only_when_every_row_it_cites_is_on_the_page(
         built = ex.report(scale, out, page, "python benchmarks/experiments.py --quick")
         assert "FedMef trails [H:fedmef-d0.1, H:prune_grow-d0.1]" in built
         assert page.read_text() == built
-        disc.write_text("A claim [H:fedmef-d0.1, H:no-such-row] and [S:nothing*].\n")
-        with pytest.raises(ex.CitationError, match="H:no-such-row, S:nothing"):
-            ex.report(scale, out, page, "python benchmarks/experiments.py --quick")
-        assert page.read_text() == built
+        # remove two published files: a failed build must not write them back
+        (page.parent / "results" / ex.ARCHIVE).unlink()
+        (page.parent / "results" / "gap_vs_rounds.png").unlink()
+        published = {f: f.read_bytes() for f in (page.parent / "results").iterdir()}
+        for bad, match in (("A claim [H:fedmef-d0.1, H:no-such-row] and [S:nothing*] [H:*].\n",
+                            r"H:no-such-row, S:nothing\*, H:\*"),
+                           ("Superseded: a discussion of another grid, citing nothing.\n",
+                            "cites no row")):
+            disc.write_text(bad)
+            with pytest.raises(ex.CitationError, match=match):
+                ex.report(scale, out, page, "python benchmarks/experiments.py --quick")
+            # nothing is published: the page, its pictures and its archive stay as they were
+            assert page.read_text() == built
+            assert {f: f.read_bytes() for f in (page.parent / "results").iterdir()} == published
+            assert not list(page.parent.glob(".results-staging.*"))
     finally:
         disc.unlink(missing_ok=True)
         ex.report(scale, out, page, "python benchmarks/experiments.py --quick")
@@ -208,12 +225,20 @@ def test_the_discussion_is_included_only_when_every_row_it_cites_is_on_the_page(
 def test_the_archived_records_rebuild_the_same_tables(grid, tmp_path):
     """Every number is traceable: the page's archive of the runs' records (no models, no
     checkpoints) rebuilds the same tables, and archiving the same runs gives the same bytes."""
-    import tarfile
+
 
     ex, scale, out, page, text, _, _ = grid
     archive = page.parent / "results" / ex.ARCHIVE
     first = archive.read_bytes()
-    ex.archive_runs(out, tmp_path / "again.tar.xz")
+    # the same records copied elsewhere, in another order, with other times: the same bytes
+    copy = tmp_path / "copy" / out.name
+    for f in sorted(out.rglob("*"), reverse=True):
+        if f.is_file():
+            dest = copy / f.relative_to(out)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dest)
+            os.utime(dest, (1e9, 1e9))
+    ex.archive_runs(copy, tmp_path / "again.tar.xz")
     assert (tmp_path / "again.tar.xz").read_bytes() == first
     with tarfile.open(archive) as tar:
         names = tar.getnames()
@@ -231,23 +256,36 @@ def test_the_archived_records_rebuild_the_same_tables(grid, tmp_path):
 def test_a_grid_stopped_by_sigterm_logs_its_time(tmp_path):
     """SIGTERM (how a job scheduler stops the grid) ends the invocation like Ctrl-C: its wall
     time up to the signal is logged, marked as stopped midway."""
-    import os
-    import signal
-    import subprocess
-    import time
 
     script = str(ROOT / "benchmarks" / "experiments.py")
     code = ("import importlib.util, sys, time; from pathlib import Path\n"
             f"spec = importlib.util.spec_from_file_location('ex', {script!r})\n"
             "ex = importlib.util.module_from_spec(spec); sys.modules['ex'] = ex\n"
             "spec.loader.exec_module(ex)\n"
-            "with ex.Invocation(Path(sys.argv[1])):\n"
-            "    print('ready', flush=True); time.sleep(60)\n")
+            "import subprocess\n"
+            "try:\n"
+            "    with ex.Invocation(Path(sys.argv[1])):\n"
+            "        run = subprocess.Popen(['sleep', '60']); ex._CHILDREN.add(run)\n"
+            "        print('ready', flush=True); run.wait()\n"
+            "except SystemExit:\n"
+            "    print('run', run.wait(timeout=10), flush=True); raise\n")
     p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert p.stdout.readline().strip() == "ready"
     time.sleep(1.0)
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=30) == 128 + signal.SIGTERM
+    assert p.stdout.readline().strip() == f"run {-signal.SIGTERM}"  # the run in progress stopped
     (inv,) = json.loads((tmp_path / "grid.json").read_text())["invocations"]
     assert inv["complete"] is False and inv["seconds"] >= 1.0
+
+
+def test_an_invocation_restores_the_previous_sigterm_handler(tmp_path):
+
+    ex = _experiments()
+    before = signal.getsignal(signal.SIGTERM)
+    with ex.Invocation(tmp_path):
+        assert signal.getsignal(signal.SIGTERM) is not before
+    assert signal.getsignal(signal.SIGTERM) is before
+    (inv,) = json.loads((tmp_path / "grid.json").read_text())["invocations"]
+    assert inv["complete"] is True and inv["commit"]
