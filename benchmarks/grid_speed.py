@@ -6,7 +6,8 @@ The grid of that time (benchmarks/experiments.py at 815a6ed, "about 55 min") ran
 with the `paper` preset and the settings in ``GRID_SETS`` for FedAvg, static masks,
 prune-and-grow and FedMef. This script runs those same commands, shortened to ``--rounds``
 rounds (with an evaluation every 2 rounds and one mask adjustment, as the grid's rounds have),
-once in a checkout of the old commit and once in this one, alternating case by case, one
+once in a checkout of the old commit and once in this one (after a one-round warm-up of every
+case in each, so no kernel compiles in a timed run), alternating which goes first, one
 process per run with one thread (the grid ran 2 such processes at a time on the 2 cores). The
 figure is the sum of the old runs' wall times over the sum of ours: the factor by which the
 grid's wall time shrinks. "Same results" compares every run's final model bytes (model.npz) and
@@ -14,7 +15,7 @@ the training record of every round (losses, accuracies, masks), leaving out the 
 not results (times, and the activation-cache byte count, whose accounting changed on purpose:
 docs/memory.md).
 
-    .venv/bin/python benchmarks/grid_speed.py [--baseline 815a6ed] [--rounds 6] [--json]
+    .venv/bin/python benchmarks/grid_speed.py [--baseline 815a6ed] [--rounds 10] [--json]
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ CASES = (("fedavg", "fedavg", "1"), ("static-d0.1", "static", "0.1"),
 NOT_RESULTS = ("seconds", "activation_bytes", "activation_bytes_per_client")
 
 
-def command(tree: Path, out: Path, method: str, density: str, rounds: int) -> list[str]:
+def command(out: Path, method: str, density: str, rounds: int) -> list[str]:
     cmd = [sys.executable, "-m", "refimpl.cli", "run", "--preset", "paper", "--out", str(out),
            "--overwrite", "--quiet", "--set", f"run.method={method}", "--set", "run.seed=0",
            "--set", f"run.rounds={rounds}", "--set", f"sparse.t_end={max(1, rounds - 1)}",
@@ -64,7 +65,7 @@ def timed_run(tree: Path, out: Path, method: str, density: str, rounds: int) -> 
     env = {**os.environ, "PYTHONPATH": str(tree), "NUMBA_NUM_THREADS": "1",
            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     t0 = time.perf_counter()
-    r = subprocess.run(command(tree, out, method, density, rounds), cwd=tree, env=env,
+    r = subprocess.run(command(out, method, density, rounds), cwd=tree, env=env,
                        capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if r.returncode != 0:
@@ -93,12 +94,14 @@ def measure(rev: str, rounds: int, tree: Path | None = None, log=print) -> dict:
     made = tree is None
     try:
         old = baseline_tree(rev, tmp) if made else tree
-        for t in (old, ROOT):  # compile (or load) every kernel once in each tree
-            timed_run(t, tmp / f"warm-{t.name}", "fedmef", "0.1", 1)
+        trees = (("old", old), ("new", ROOT))
+        for label, t in trees:  # compile (or load) every case's kernels once in each tree
+            for name, method, density in CASES:
+                timed_run(t, tmp / f"warm-{label}-{name}", method, density, 1)
         rows = []
-        for name, method, density in CASES:
+        for i, (name, method, density) in enumerate(CASES):
             row = {"case": name}
-            for label, t in (("old", old), ("new", ROOT)):
+            for label, t in (trees if i % 2 == 0 else trees[::-1]):  # alternate who goes first
                 out = tmp / f"{label}-{name}"
                 row[f"{label}_s"] = timed_run(t, out, method, density, rounds)
                 row[label] = results(out)
@@ -123,7 +126,7 @@ def main(argv=None) -> int:
     ap.add_argument("--baseline", default=BASELINE, help=f"the old commit (default: {BASELINE})")
     ap.add_argument("--baseline-tree", default=None,
                     help="an existing checkout of the old code, instead of a temporary worktree")
-    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args(argv)
     if args.rounds < 2:

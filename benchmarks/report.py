@@ -73,7 +73,7 @@ def round_alone(threads: int, repeats: int) -> dict:
 
 
 def measure_all(threads: int, repeats: int, log=print, with_grid: bool = True,
-                grid_rounds: int = 6) -> dict:
+                grid_rounds: int = 10) -> dict:
     log("conv ...")
     c = conv.measure(threads, repeats)
     log("masked conv ...")

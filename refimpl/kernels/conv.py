@@ -203,9 +203,9 @@ def _im2col_naive(xp, kh, kw, sh, sw, dh, dw, oh_size, ow_size, cols):
                             for q in range(ow_size):
                                 d[q] = src[q]
                     else:
+                        stop = j * dw + sw * (ow_size - 1) + 1
                         for oh in range(oh_size):
                             d = dst[oh * ow_size:(oh + 1) * ow_size]
-                            stop = j * dw + sw * (ow_size - 1) + 1
                             srcs = plane[oh * sh + i * dh, j * dw:stop:sw]
                             for q in range(ow_size):
                                 d[q] = srcs[q]
@@ -237,9 +237,9 @@ def _col2im_naive(dcols, kh, kw, sh, sw, dh, dw, oh_size, ow_size, dxp):
                             for q in range(ow_size):
                                 dst[q] += src[q]
                     else:
+                        stop = j * dw + sw * (ow_size - 1) + 1
                         for oh in range(oh_size):
                             src = row[oh * ow_size:(oh + 1) * ow_size]
-                            stop = j * dw + sw * (ow_size - 1) + 1
                             dsts = d[oh * sh + i * dh, j * dw:stop:sw]
                             for q in range(ow_size):
                                 dsts[q] += src[q]
