@@ -774,6 +774,15 @@ def findings(by: dict, gap_rows: dict, bae_rows: dict) -> list[str]:
         r = by.get(name)
         return (_mean(r.score), r) if r and r.score else (None, r)
 
+    def diverged(name):
+        """", over N of its M seeds: seed s diverged at round t" for a row with diverged seeds
+        (its mean is over the others), else ""."""
+        r = by.get(name)
+        if not r or not r.diverged:
+            return ""
+        what = ", ".join(f"seed {seed} diverged at round {t}" for seed, t in r.diverged)
+        return f", over {len(r.score)} of its {len(r.seeds)} seeds: {what}"
+
     for d in ("0.1", "0.05"):
         fm, rf = score(f"fedmef-d{d}")
         pg, rp = score(f"prune_grow-d{d}")
@@ -812,15 +821,20 @@ def findings(by: dict, gap_rows: dict, bae_rows: dict) -> list[str]:
             continue
         closes = ""
         if pg is not None and pg > fm:
-            closes = (f"; it closes {100 * (v - fm) / (pg - fm):.0f}% of FedMef's gap to "
-                      f"prune-and-grow ({_pts(pg - fm)})")
-        out.append(f"FedMef with {what} scores {100 * v:.2f}% against {100 * fm:.2f}% "
-                   f"({_pts(v - fm)}{closes}) [{tid('A', name)}, {tid('H', 'fedmef-d0.1')}"
+            share = 100 * (v - fm) / (pg - fm)
+            closes = (f"; it closes {share:.0f}% of FedMef's gap to prune-and-grow "
+                      f"({_pts(pg - fm)})" if share >= 0 else
+                      f"; it widens FedMef's gap to prune-and-grow ({_pts(pg - fm)}) by "
+                      f"{-share:.0f}%")
+        out.append(f"FedMef with {what} scores {100 * v:.2f}%{diverged(name)}, against "
+                   f"{100 * fm:.2f}% ({_pts(v - fm)}{closes}) [{tid('A', name)}, "
+                   f"{tid('H', 'fedmef-d0.1')}"
                    + (f", {tid('H', 'prune_grow-d0.1')}" if closes else "") + "].")
     v, _ = score("prune_grow-nsconv-d0.1")
     if v is not None and pg is not None:
-        out.append(f"Prune-and-grow with NSConv scores {100 * v:.2f}% against {100 * pg:.2f}% "
-                   f"with BatchNorm ({_pts(v - pg)}) [{tid('A', 'prune_grow-nsconv-d0.1')}, "
+        out.append(f"Prune-and-grow with NSConv scores {100 * v:.2f}%"
+                   f"{diverged('prune_grow-nsconv-d0.1')}, against {100 * pg:.2f}% with "
+                   f"BatchNorm ({_pts(v - pg)}) [{tid('A', 'prune_grow-nsconv-d0.1')}, "
                    f"{tid('H', 'prune_grow-d0.1')}].")
     a, _ = score("mnist-fedmef-d0.1")
     b, _ = score("mnist-prune_grow-d0.1")
