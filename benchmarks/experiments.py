@@ -988,11 +988,31 @@ def versions() -> str:
             f"{_commit()}")
 
 
+def run_hours(out: Path) -> tuple[float, int]:
+    """(hours, runs): the sum over the finished runs under ``out`` of their own time
+    (summary.json: seconds per round × rounds run; a resumed run's figure is its last
+    segment's rate, so the sum does not depend on how often the grid was stopped)."""
+    total, n = 0.0, 0
+    for p in sorted(out.glob("*/*/summary.json")):
+        if p.parent.parent.name not in ("sweep", "final"):
+            continue
+        s = json.loads(p.read_text())
+        if s.get("seconds_per_round") is not None:
+            total += s["seconds_per_round"] * s["rounds_completed"]
+            n += 1
+    return total / 3600, n
+
+
 def wall_times(out: Path) -> str:
-    """The grid's wall time from the driver's log of its invocations (grid.json)."""
+    """The grid's wall time from the driver's log of its invocations (grid.json), and the runs'
+    own time."""
+    hours, n = run_hours(out)
+    own = (f"; the {n} finished runs' own times (seconds per round × rounds, summary.json) add "
+           f"up to {hours:.2f} h of one-thread run time, about {hours / 2:.2f} h of wall time "
+           f"with two runs at a time on two cores" if n else "")
     p = out / "grid.json"
     if not p.exists():
-        return "not recorded"
+        return "not recorded" + own
     inv = [i for i in json.loads(p.read_text())["invocations"] if i]
     total = sum(i["seconds"] for i in inv)
     cpu = [i["cpu_seconds"] for i in inv if "cpu_seconds" in i]
@@ -1003,7 +1023,7 @@ def wall_times(out: Path) -> str:
     cpu_text = (f"; the runs used {sum(cpu) / 3600:.2f} h of CPU time (the wall time also "
                 f"counts pauses and other processes on the cores)" if cpu else "")
     return (f"{total / 3600:.2f} h over {len(inv)} invocation(s) of the command ({each})"
-            f"{cpu_text}")
+            f"{cpu_text}{own}")
 
 
 def estimate_section(scale: Scale, out: Path) -> str:

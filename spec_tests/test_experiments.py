@@ -159,6 +159,11 @@ def test_the_page_holds_its_sections_and_pictures(grid):
                  "accuracy", "## Findings"):
         assert head in text
     assert "28.5%" in text and ("supports" in text or "refutes" in text)
+    # the runs' own time: seconds per round × rounds of every finished run, from their files
+    summaries = [json.loads(p.read_text()) for p in page.parent.glob("*/*/summary.json")]
+    hours = sum(x["seconds_per_round"] * x["rounds_completed"] for x in summaries) / 3600
+    assert f"runs' own times (seconds per round × rounds, summary.json) add up to {hours:.2f} h" \
+        in text and len(summaries) > 20
     names = re.findall(r"!\[([^\]]+)\]\(results/", text)
     assert set(names) == {"accuracy_d0.1.png", "accuracy_d0.05.png", "gap_vs_rounds.png",
                           "pareto_footprint.png", "pareto_training_peak.png"}
