@@ -331,6 +331,19 @@ def stale(run: Run) -> bool:
     return p.exists() and _without_root(p.read_text()) != planned_config(run)
 
 
+def supersede(d: Path, out: Path) -> Path:
+    """Move the run directory ``d`` to ``OUT/superseded/<kind>-<name>`` (a free name: -2, -3,
+    ... when taken); returns where it went."""
+    keep = out / "superseded" / f"{d.parent.name}-{d.name}"
+    n = 1
+    while keep.exists():
+        n += 1
+        keep = out / "superseded" / f"{d.parent.name}-{d.name}-{n}"
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(d, keep)
+    return keep
+
+
 #: The runs in progress (their processes), for a SIGTERM to stop.
 _CHILDREN: set = set()
 
@@ -349,13 +362,7 @@ def launch(run: Run, out: Path) -> tuple[str, float, int]:
     """Run (or resume) one run in a subprocess; returns (dir, seconds, exit code)."""
     d = run.path
     if stale(run):  # kept for the record, out of the grid's way
-        keep = out / "superseded" / f"{d.parent.name}-{d.name}"
-        n = 1
-        while keep.exists():
-            n += 1
-            keep = out / "superseded" / f"{d.parent.name}-{d.name}-{n}"
-        keep.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(d, keep)
+        keep = supersede(d, out)
         print(f"{d} held another configuration than the grid now plans; moved to {keep}",
               flush=True)
     if finished(d, run.rounds):
@@ -620,6 +627,33 @@ def kib(n) -> str:
 
 def rel(dirs) -> str:
     return ", ".join(f"`{d.parent.name}/{d.name}`" for d in dirs) or "-"
+
+
+def superseded_section(out: Path) -> str:
+    """The runs moved out of the grid because its plan changed (``OUT/superseded/``): what they
+    ran and how they ended, as rows a discussion can cite (ids ``X:<dir>``); "" when none."""
+    import tomllib
+
+    dirs = sorted(d for d in (out / "superseded").glob("*") if (d / "config.toml").is_file())
+    if not dirs:
+        return ""
+    lines = ["| id | run | lr | rounds run | outcome | test acc., mean of last 5 evals (%) |",
+             "|---|---|---|---|---|---|"]
+    for d in dirs:
+        cfg = tomllib.loads((d / "config.toml").read_text())
+        s = summary_of(d) or {}
+        recs = records(d) if (d / "metrics.jsonl").is_file() else []
+        div = s.get("diverged_round")
+        outcome = (f"diverged at round {div}" if div is not None else
+                   "finished" if s.get("rounds_completed") == cfg["run"]["rounds"] else
+                   "stopped")
+        acc = last_mean(recs, "test_accuracy") if div is None else None
+        lines.append(f"| X:{d.name} | `superseded/{d.name}` | {cfg['train']['lr']} | "
+                     f"{len(recs)} of {cfg['run']['rounds']} | {outcome} | "
+                     f"{'-' if acc is None else f'{100 * acc:.2f}'} |")
+    return ("\n## Runs superseded by a change of the plan\n\nKept in `superseded/` (and in the "
+            "archive) when the grid's plan for their directory changed, e.g. a setting that got "
+            "its own sweep; they are not in the tables above.\n\n" + "\n".join(lines) + "\n")
 
 
 def tid(prefix: str, name: str) -> str:
@@ -1187,6 +1221,7 @@ def _page(scale, out, page, command, table, winners, results, by, baseline, bloc
         result_table(group["nsconv"], "A", baseline),
         "\n## A second dataset: MNIST, the headline pair at density 0.1\n",
         result_table(group["mnist"], "M", baseline),
+        superseded_section(out),
         "\n## Memory beside accuracy\n",
         paper_claim(by),
     ]
@@ -1209,15 +1244,18 @@ def _page(scale, out, page, command, table, winners, results, by, baseline, bloc
 
 
 ARCHIVE = "runs.tar.xz"
+#: The kinds of run directory under the grid's output directory.
+KINDS = ("sweep", "final", "superseded")
 #: The files of a run directory that hold its results (not the model, checkpoints or plots).
 RECORDS = ("config.toml", "run.json", "summary.json", "metrics.jsonl")
 
 
 def archive_runs(out: Path, dest: Path) -> int:
-    """Write the runs' records under ``out`` (sweep/ and final/: RECORDS of each run; plans/,
-    grid.json and estimate.json) to the tar.xz ``dest``, deterministically (sorted names, no
-    times or owners: the same records give the same bytes). Returns how many runs it holds."""
-    files = sorted(p for kind in ("sweep", "final") for p in (out / kind).glob("*/*")
+    """Write the runs' records under ``out`` (sweep/, final/, superseded/: RECORDS of each run;
+    plans/, grid.json and estimate.json) to the tar.xz ``dest``, deterministically (sorted
+    names, no times or owners: the same records give the same bytes). Returns how many runs it
+    holds."""
+    files = sorted(p for kind in KINDS for p in (out / kind).glob("*/*")
                    if p.name in RECORDS and p.is_file())
     files += sorted((out / "plans").glob("*.toml"))
     files += [p for p in (out / "grid.json", out / "estimate.json") if p.is_file()]
@@ -1229,7 +1267,7 @@ def archive_runs(out: Path, dest: Path) -> int:
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             tar.addfile(info, io.BytesIO(data))
     _write_bytes(dest, buf.getvalue())
-    return len({p.parent for p in files if p.parent.parent.name in ("sweep", "final")})
+    return len({p.parent for p in files if p.parent.parent.name in KINDS})
 
 
 class CitationError(ValueError):

@@ -294,3 +294,39 @@ def test_an_invocation_restores_the_previous_sigterm_handler(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is before
     (inv,) = json.loads((tmp_path / "grid.json").read_text())["invocations"]
     assert inv["complete"] is True and inv["commit"]
+
+
+def test_a_run_whose_plan_changed_is_kept_apart_and_listed(tmp_path):
+    """A run directory whose configuration the plan no longer matches is stale; it is moved to
+    superseded/ (never overwritten, never reused), listed on the page as a citable row, and
+    archived with the others."""
+    ex = _experiments()
+    scale, roots = ex.QUICK, {"mnist-pureml": "/nonexistent/pureml.whl"}
+    out = tmp_path / "grid"
+    rng = np.random.default_rng(1)
+    done: set = set()
+    while todo := [r for r in ex.sweep_runs(scale, out, roots) if r.path not in done]:
+        for run in todo:  # validation quality peaks at lr 0.1, inside the quick range
+            done.add(run.path)
+            lr = float(run.path.name.split("-lr")[1][:-3])
+            _write_run(run, rng, 0.8 - 0.1 * abs(np.log10(lr / 0.1)))
+    _, winners = ex.sweep_table(scale, out)
+    finals = ex.final_runs(scale, out, roots, winners)
+    for run in finals:
+        _write_run(run, rng, 0.75)
+    run = finals[0]
+    assert not ex.stale(run)
+    cfg = run.path / "config.toml"
+    cfg.write_text(cfg.read_text().replace("lr = ", "lr = 9", 1))  # another rate than planned
+    assert ex.stale(run)
+    kept = [ex.supersede(run.path, out)]
+    _write_run(run, rng, 0.75)
+    cfg.write_text(cfg.read_text().replace("lr = ", "lr = 9", 1))
+    kept.append(ex.supersede(run.path, out))
+    assert [k.name for k in kept] == [f"final-{run.path.name}", f"final-{run.path.name}-2"]
+    assert not run.path.exists() and all((k / "metrics.jsonl").is_file() for k in kept)
+    text = ex.report(scale, out, tmp_path / "page" / "results.md", "test")
+    for k in kept:
+        assert f"| X:{k.name} | `superseded/{k.name}` |" in text
+    with tarfile.open(tmp_path / "page" / "results" / ex.ARCHIVE) as tar:
+        assert f"grid/superseded/{kept[1].name}/metrics.jsonl" in tar.getnames()
