@@ -330,3 +330,28 @@ def test_a_run_whose_plan_changed_is_kept_apart_and_listed(tmp_path):
         assert f"| X:{k.name} | `superseded/{k.name}` |" in text
     with tarfile.open(tmp_path / "page" / "results" / ex.ARCHIVE) as tar:
         assert f"grid/superseded/{kept[1].name}/metrics.jsonl" in tar.getnames()
+
+
+def test_the_archive_holds_the_grid_logs_and_every_kind_of_run(tmp_path):
+    """archive_runs keeps each run's records (not its model or checkpoints), the plans, the
+    invocation log and the cost estimate: what --report-only needs to rebuild the page."""
+    ex = _experiments()
+    out = tmp_path / "experiments"
+    for kind in ("sweep", "final", "superseded"):
+        d = out / kind / f"{kind}-run"
+        (d / "checkpoints").mkdir(parents=True)
+        for name in ex.RECORDS + ("model.npz",):
+            (d / name).write_text(name)
+        (d / "checkpoints" / "round_5.npz").write_text("x")
+    (out / "plans").mkdir()
+    (out / "plans" / "final-x.toml").write_text("[run]\n")
+    for name in ("grid.json", "estimate.json"):
+        (out / name).write_text("{}")
+    assert ex.archive_runs(out, tmp_path / "a.tar.xz") == 3
+    with tarfile.open(tmp_path / "a.tar.xz") as tar:
+        names = set(tar.getnames())
+    want = {f"experiments/{k}/{k}-run/{n}" for k in ("sweep", "final", "superseded")
+            for n in ex.RECORDS}
+    want |= {"experiments/plans/final-x.toml", "experiments/grid.json",
+             "experiments/estimate.json"}
+    assert names == want

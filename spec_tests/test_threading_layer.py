@@ -121,3 +121,16 @@ def test_the_users_layer_and_thread_count_are_kept_and_change_no_byte():
     assert passive["layer"] != "workqueue" or "omp" not in numba_layers(), passive
     assert base["digest"] == chosen["digest"] == passive["digest"]
 
+
+
+def test_only_runtimes_under_their_soname_count_as_shared():
+    """Numba's OpenMP layer shares a runtime that is loaded under its soname (PyTorch's
+    torch/lib/libgomp.so.1); a vendored copy under another name (scikit-learn's
+    libgomp-<hash>.so.1.0.0) is a runtime of its own and does not switch the layer."""
+    from refimpl.core._jit import shared_openmp
+
+    for name in ("libgomp.so.1", "libgomp.so.1.0.0", "libomp.so", "libomp.so.5", "libiomp5.so"):
+        assert shared_openmp(name), name
+    for name in ("libgomp-e985bcbb.so.1.0.0", "libgomp-a34b3233.so.1", "libopenblas.so.0",
+                 "omppool.cpython-311-x86_64-linux-gnu.so", "libiomp5md.dll"):
+        assert not shared_openmp(name), name

@@ -45,7 +45,12 @@ def openmp_loaded() -> bool:
             names = {line.rsplit("/", 1)[-1].strip() for line in f if "/" in line}
     except OSError:
         return "torch" in sys.modules
-    return any(name.startswith(_OPENMP_SONAMES) for name in names)
+    return any(shared_openmp(name) for name in names)
+
+
+def shared_openmp(file_name: str) -> bool:
+    """Whether a mapped library's file name is an OpenMP runtime under its soname."""
+    return file_name.startswith(_OPENMP_SONAMES)
 
 
 os.environ.setdefault("NUMBA_OPT", "2")
