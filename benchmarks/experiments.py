@@ -45,6 +45,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -539,8 +540,6 @@ class Result:
 
 
 def collect(scale: Scale, out: Path, winners: dict) -> list[Result]:
-    import tomllib
-
     results = []
     for row in rows(scale):
         r = Result(row, winners.get(swept(SETTING[row.setting]).name))
@@ -632,8 +631,6 @@ def rel(dirs) -> str:
 def superseded_section(out: Path) -> str:
     """The runs moved out of the grid because its plan changed (``OUT/superseded/``): what they
     ran and how they ended, as rows a discussion can cite (ids ``X:<dir>``); "" when none."""
-    import tomllib
-
     dirs = sorted(d for d in (out / "superseded").glob("*") if (d / "config.toml").is_file())
     if not dirs:
         return ""

@@ -35,6 +35,8 @@ import round as round_bench
 import sap
 from _common import ROOT, Figure, machine, set_threads
 
+from refimpl.fl.store import atomic_write_text
+
 #: Where the measurements wait while the page is rendered (removed once it is written).
 SAVED = os.path.join(tempfile.gettempdir(), "refimpl-bench-measurements.pickle")
 
@@ -48,15 +50,6 @@ TARGETS = {  # issue 12: figure -> (target, what)
     "pool": (0.15, "max-pool fwd+bwd / conv fwd+bwd of the same layer"),
     "sap": (0.15, "SAP select+encode / conv forward (worst γ of 0.5, 0.7, 0.9; policy auto)"),
 }
-
-
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _commit() -> str:
@@ -256,7 +249,7 @@ def main(argv=None) -> int:
         # kept until the page is written: a failure to render never costs the measurements
         with open(SAVED, "wb") as f:
             pickle.dump(res, f)
-    _atomic_write(args.out, render(res, args.threads, args.repeats))
+    atomic_write_text(args.out, render(res, args.threads, args.repeats))
     if not args.from_saved:
         os.remove(SAVED)
     print(f"wrote {args.out}")
