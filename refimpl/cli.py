@@ -96,8 +96,10 @@ def main(argv=None) -> int:
     for Ctrl-C (also inside a compiled kernel), 0 when a pipe reader stops early. Temporary
     files are removed where they are made (atomic writes, run and dump directories)."""
     from .core._jit import interrupted
+    from .core.alloc import keep_freed_memory
 
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # steps reuse their buffers instead of faulting in fresh pages
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # output piped into a reader that stopped early (| head)
