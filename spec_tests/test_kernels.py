@@ -314,3 +314,56 @@ def _relu_twins_match(RK, x, g, n, dtype):
         assert y2 is xc and np.array_equal(xc.view(view), y_ref.view(view)), impl
         dx = RK.relu_backward(g, bits, impl=impl)
         assert np.array_equal(dx.view(view), dx_ref.view(view)), impl
+
+
+@given(st.integers(1, 9), st.integers(1, 5), st.integers(1, 9), st.integers(1, 9), seeds, dtypes,
+       st.booleans(), st.booleans(), st.booleans(), st.floats(0.0, 0.4))
+def test_batch_norm_kernels_are_the_numpy_expressions_bit_for_bit(n, c, h, w, seed, dtype,
+                                                                  training, affine, with_bias,
+                                                                  p_special):
+    """The one-pass batch-norm kernels (refimpl/kernels/norm.py: x̂ and y; dx), naive and
+    compiled, give the bits of the NumPy expressions of ops/norm.py, with and without weight and
+    bias, training and eval, and with ±0, ±inf, NaN and subnormals in x and g."""
+    from refimpl.kernels import norm as NK
+    from refimpl.ops import norm as N
+
+    rng = np.random.default_rng(seed)
+
+    def draw(*shape):
+        a = rng.standard_normal(shape).astype(dtype)
+        pick = rng.random(shape) < p_special
+        a[pick] = np.array(_SPECIALS, dtype=dtype)[rng.integers(0, len(_SPECIALS), pick.sum())]
+        return a
+
+    x, g = draw(n, c, h, w), draw(n, c, h, w)
+    wt = rng.standard_normal(c).astype(dtype) if affine else None
+    b = rng.standard_normal(c).astype(dtype) if with_bias else None
+    m, v = rng.standard_normal(c).astype(dtype), rng.random(c).astype(dtype)
+    p = N.BatchNormParams(m, v, 1e-5, training)
+    needs = (True, affine, with_bias)
+    view = np.uint32 if dtype == np.float32 else np.uint64
+    results = {}
+    with np.errstate(invalid="ignore", over="ignore"):
+        for impl in ("numpy", "naive", "jit"):
+            kernels = impl != "numpy"
+            if kernels:  # the kernel functions with this twin
+                fwd, gin = NK.bn_forward, NK.bn_grad_input
+                NK.bn_forward = lambda *a, _f=fwd, _i=impl, **k: _f(*a, impl=_i, **k)
+                NK.bn_grad_input = lambda *a, _f=gin, _i=impl, **k: _f(*a, impl=_i, **k)
+            before = N.KERNELS
+            N.KERNELS = kernels
+            try:
+                y, res = N.batch_norm_fwd((x, wt, b), p, needs)
+                grads = N.batch_norm_vjp(res, g, p, needs)
+            finally:
+                N.KERNELS = before
+                if kernels:
+                    NK.bn_forward, NK.bn_grad_input = fwd, gin
+            results[impl] = [y, res.xhat] + [a for a in grads if a is not None]
+    for impl in ("naive", "jit"):
+        for got, ref in zip(results[impl], results["numpy"], strict=True):
+            if ref is None:
+                assert got is None
+                continue
+            assert got.shape == ref.shape and got.dtype == ref.dtype, impl
+            assert np.array_equal(got.view(view), ref.view(view)), impl

@@ -22,10 +22,10 @@ pytestmark = pytest.mark.skipif(not JIT_ENABLED, reason="needs compiled kernels"
 
 # Compiles one uncached parallel function first (Numba re-reads its configuration at a compile),
 # then runs the parallel kernel families (the masked conv's wide and generic paths, forward and
-# backward; max-pool) and the dense conv twins (their data moves compile serial) on fixed inputs,
-# and prints the layer Numba used and a digest of the outputs. argv[1]: a shared library to load
-# before refimpl ("" for none); argv[2]: threads; argv[3]: "numba-first" to import numba before
-# refimpl.
+# backward; max-pool; batch norm) and the dense conv twins (their data moves compile serial) on
+# fixed inputs, and prints the layer Numba used and a digest of the outputs. argv[1]: a shared
+# library to load before refimpl ("" for none); argv[2]: threads; argv[3]: "numba-first" to
+# import numba before refimpl.
 _PROBE = r"""
 import ctypes, hashlib, json, sys
 if sys.argv[1]:
@@ -43,7 +43,7 @@ def fresh(a):
     return a
 
 fresh(np.zeros(64))
-from refimpl.kernels import conv as CK, masked_conv as MK, pool as PK
+from refimpl.kernels import conv as CK, masked_conv as MK, norm as NK, pool as PK
 _jit.set_num_threads(int(sys.argv[2]))
 rng = np.random.default_rng(7)
 h = hashlib.sha256()
@@ -68,6 +68,10 @@ for stride, pad in (((1, 1), (1, 1)), ((2, 2), (0, 0))):
     put(y, *MK.masked_conv2d_backward(g, x, index, val, *geom, dx=dx, dval=dval, db=db))
 p, arg = PK.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), 4, 4)
 put(p, arg, PK.max_pool2d_backward(p, arg, x.shape, (2, 2), (2, 2), (0, 0), (1, 1)))
+gb = rng.standard_normal(x.shape).astype(np.float32)
+xh, y = NK.bn_forward(x, b[:3], b[3:], w[0, :, 0, 0], b[:3], True)
+put(xh, y, NK.bn_grad_input(gb, xh, w[0, :, 0, 0], b[3:], b[:3], b[3:], True),
+    NK.bn_grad_input(gb, None, None, b[3:], None, None, False))
 print(json.dumps({"layer": numba.threading_layer(), "choice": _jit.threading_choice(),
                   "digest": h.hexdigest()}))
 """

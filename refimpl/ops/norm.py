@@ -10,7 +10,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core._jit import JIT_ENABLED
 from ..core.tape import Plan, Primitive, Residual, Spec
+from ..kernels import norm as NK
+
+#: The kernels of :mod:`refimpl.kernels.norm` (one pass each, the same bits) when Numba compiles;
+#: else the NumPy expressions below.
+KERNELS = JIT_ENABLED
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,11 +43,27 @@ def _bshape(x: np.ndarray) -> tuple[int, ...]:
     return (1, x.shape[1]) + (1,) * (x.ndim - 2)
 
 
+def _one_dtype(*arrays) -> bool:
+    """Whether the given arrays (None skipped) share one dtype: the kernels compute in it, as the
+    NumPy expressions do only then (mixed dtypes promote)."""
+    dts = {a.dtype for a in arrays if a is not None}
+    return len(dts) == 1
+
+
 def batch_norm_fwd(inputs, p, needs):
     """y = (x - mean) * invstd * weight + bias, per channel."""
     x, weight, bias = inputs
     bs = _bshape(x)
     invstd = (1.0 / np.sqrt(p.var + p.eps)).astype(x.dtype)
+    keep_xhat = any(needs) and (needs[1] or (needs[0] and p.training))
+    if KERNELS and _one_dtype(x, p.mean, weight, bias):
+        xhat, y = NK.bn_forward(x, p.mean.astype(x.dtype, copy=False), invstd, weight, bias,
+                                keep_xhat)
+        res = None
+        if any(needs):
+            res = BatchNormRes(xhat, invstd,
+                               weight if (needs[0] and weight is not None) else None)
+        return y, res
     # The same operations in the same order as (x - mean) * invstd * weight + bias, in place
     # where a full-size temporary would otherwise be made.
     xhat = x - p.mean.reshape(bs)
@@ -51,7 +73,6 @@ def batch_norm_fwd(inputs, p, needs):
         y += bias.reshape(bs)
     res = None
     if any(needs):
-        keep_xhat = needs[1] or (needs[0] and p.training)
         res = BatchNormRes(
             xhat if keep_xhat else None, invstd,
             weight if (needs[0] and weight is not None) else None,
@@ -60,6 +81,8 @@ def batch_norm_fwd(inputs, p, needs):
 
 
 def batch_norm_vjp(res, g, p, needs):
+    if KERNELS and _one_dtype(g, res.xhat, res.weight, res.invstd):
+        return _vjp_kernels(res, g, p, needs)
     axes = (0,) + tuple(range(2, g.ndim))
     bs = (1, g.shape[1]) + (1,) * (g.ndim - 2)
     dx = dw = db = None
@@ -78,6 +101,28 @@ def batch_norm_vjp(res, g, p, needs):
         else:
             dx = gx * res.invstd.reshape(bs)
         del gx
+    if needs[1]:
+        dw = np.sum(np.multiply(g, res.xhat, out=t), axis=axes)
+    if needs[2]:
+        db = np.sum(g, axis=axes)
+    return dx, dw, db
+
+
+def _vjp_kernels(res, g, p, needs):
+    """batch_norm_vjp with dx in one pass (refimpl.kernels.norm); the sums are NumPy's, as above."""
+    axes = (0,) + tuple(range(2, g.ndim))
+    dx = dw = db = None
+    t = None
+    if needs[0]:
+        m_g = m_gx = None
+        if p.training:
+            gx = g * res.weight.reshape(_bshape(g)) if res.weight is not None else g
+            m_g = np.mean(gx, axis=axes)
+            t = np.multiply(gx, res.xhat)
+            m_gx = np.mean(t, axis=axes)
+            del gx
+        dx = NK.bn_grad_input(g, res.xhat if p.training else None, res.weight, res.invstd, m_g,
+                              m_gx, p.training)
     if needs[1]:
         dw = np.sum(np.multiply(g, res.xhat, out=t), axis=axes)
     if needs[2]:
