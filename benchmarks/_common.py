@@ -37,14 +37,17 @@ def set_threads(n: int):
     from threadpoolctl import threadpool_info, threadpool_limits
 
     from refimpl.core import _jit
+    from refimpl.core.alloc import keep_freed_memory
 
+    memory = keep_freed_memory()  # as the CLI runs (refimpl/core/alloc.py); PyTorch shares it
     _jit.set_num_threads(n)
     limiter = threadpool_limits(limits=n)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)
     blas = ", ".join(f"{i['internal_api']} {i.get('version')} ({i.get('architecture')}) x"
                      f"{i['num_threads']}" for i in threadpool_info())
-    return limiter, f"threads={n}; BLAS: {blas}; Numba layer: {_jit.threading_choice()}"
+    return limiter, (f"threads={n}; BLAS: {blas}; Numba layer: {_jit.threading_choice()}; "
+                     f"{memory}")
 
 
 def best_of(fn, repeat: int = 7, warmup: int = 2) -> float:
