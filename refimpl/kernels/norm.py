@@ -5,7 +5,8 @@ a compiled pairwise sum in NumPy's order was measured slower than NumPy's vector
 
 Every array is viewed as (N, C, L), L = H·W, C-contiguous. Formulas (float arithmetic of the
 arrays' dtype, in exactly this order, the order of the NumPy expressions, so every twin gives
-the same bits):
+the same bits; where an operation meets two NaNs, which of them it returns may differ, as
+NumPy's vector loops may swap a product's operands):
 
     forward     x̂ = (x − mean[c]) · invstd[c];  y = x̂ · w[c] + b[c]
     input grad  gx = g · w[c];  training: dx = ((gx − m_g[c]) − x̂ · m_gx[c]) · invstd[c]
