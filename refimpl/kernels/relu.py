@@ -75,12 +75,16 @@ def _impl(impl):
     return "np" if impl is None else impl  # the fastest twin (module docstring)
 
 
-def relu_forward(x: np.ndarray, out: np.ndarray | None = None, impl: str | None = None):
+def relu_forward(x: np.ndarray, out: np.ndarray | None = None, impl: str | None = None,
+                 with_bits: bool = True):
     """(y, bits): y = max(x, 0) of x's shape (into ``out``, which may be x itself), bits the
-    packed (x > 0) (uint8, ceil(size / 8))."""
+    packed (x > 0) (uint8, ceil(size / 8)); ``with_bits=False`` (nothing will differentiate:
+    an evaluation) gives (y, None) by ``np.maximum`` alone, the same y."""
     f = pick("relu", _KERNELS, "forward", _impl(impl))
     x = np.ascontiguousarray(x)
     y = np.empty_like(x) if out is None else out
+    if not with_bits:
+        return np.maximum(x, x.dtype.type(0), out=y), None
     bits = np.empty((x.size + 7) // 8, dtype=np.uint8)
     f(x.reshape(-1), x.dtype.type(0), y.reshape(-1), bits)
     return y, bits

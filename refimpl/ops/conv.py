@@ -154,7 +154,7 @@ def conv2d_fwd(inputs, p, needs):
         y = K.conv2d_forward(x, wd, *p.geometry, impl=p.dense_impl, bias=b)
     bits = None
     if p.relu:  # ReLU'(0) = 0 (CONV-5): the kept bitmap is (y > 0), as the relu primitive's
-        y, bits = RK.relu_forward(y, out=y)
+        y, bits = RK.relu_forward(y, out=y, with_bits=any(needs))
         if p.relu_gain != 1.0:  # a positive gain keeps the bitmap: (g·y > 0) = (y > 0)
             y *= y.dtype.type(p.relu_gain)
     xc, cache = _cache_input(x, p.sap, p.shared, needs[1])

@@ -37,7 +37,8 @@ def relu_fwd(inputs, params, needs):
     """y = gain · max(x, 0) (gain 1 without params). ReLU'(0) = 0 (CONV-5), so the kept bitmap
     is (x > 0); a positive gain does not change it."""
     (x,) = inputs
-    y, bits = RK.relu_forward(x)  # one pass: max(x, 0) and the packed (x > 0)
+    # one pass: max(x, 0) and the packed (x > 0), kept only when a gradient will be asked for
+    y, bits = RK.relu_forward(x, with_bits=needs[0])
     if _gain(params) != 1.0:
         y *= y.dtype.type(params.gain)
     res = ReluRes(bits, x.shape) if needs[0] else None
