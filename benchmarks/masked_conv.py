@@ -21,20 +21,26 @@ from refimpl.kernels import masked_conv as MK
 DENSITIES = (1.0, 0.5, 0.1, 0.05)
 
 
-def measure(threads: int, repeats: int = 7, densities=DENSITIES) -> dict:
+def measure(threads: int, repeats: int = 7, densities=DENSITIES, alone: bool = False) -> dict:
+    """Ratios to PyTorch's dense conv, timed in this process; ``alone``: this process has not
+    loaded PyTorch (REFIMPL_BENCH_NO_TORCH=1), so refimpl's parallel kernels run as a user runs
+    them, and only their seconds are returned."""
     _keep, info = set_threads(threads)
-    import torch
+    torch = None
+    if not alone:
+        import torch
 
     rng = np.random.default_rng(0)
     x, w0, g, geom = reference(rng)
-    tx, tw, tg = torch.tensor(x, requires_grad=True), torch.tensor(w0, requires_grad=True), \
-        torch.tensor(g)
+    if torch is not None:
+        tx, tw, tg = torch.tensor(x, requires_grad=True), torch.tensor(w0, requires_grad=True), \
+            torch.tensor(g)
 
     def theirs():
         tx.grad = tw.grad = None
         torch.nn.functional.conv2d(tx, tw, padding=1).backward(tg)
 
-    cases, nnz = {"torch": theirs}, {}
+    cases, nnz = ({} if torch is None else {"torch": theirs}), {}
     for d in densities:
         index = MK.build_index(rng.random(w0.shape) < d)
         val = MK.gather(w0, index)
@@ -47,7 +53,9 @@ def measure(threads: int, repeats: int = 7, densities=DENSITIES) -> dict:
 
         cases[f"d={d:g}"] = ours
     times = paired(cases, repeats=repeats)
-    out = {"info": info, "layer": LAYER, "threads": threads}
+    if alone:
+        return {f"d={d:g}": times[f"d={d:g}"] for d in densities}
+    out = {"info": info, "layer": LAYER, "threads": threads, "torch_s": Figure(times["torch"])}
     for d in densities:
         out[f"ratio d={d:g}"] = ratio(times, f"d={d:g}", "torch")
         out[f"gflops d={d:g}"] = Figure(3 * 2.0 * nnz[d] * g.shape[0] * g.shape[2] * g.shape[3]
@@ -60,7 +68,15 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
+    ap.add_argument("--alone-json", action="store_true",
+                    help="time refimpl only (this process must not load PyTorch; run with "
+                    "REFIMPL_BENCH_NO_TORCH=1) and print the seconds per density as JSON")
     args = ap.parse_args(argv)
+    if args.alone_json:
+        import json
+
+        print(json.dumps(measure(args.threads, args.repeats, args.densities, alone=True)))
+        return
     r = measure(args.threads, args.repeats, args.densities)
     print(f"masked conv2d fwd+bwd (masked weight grad), {LAYER}; {r['info']}; median (min..max) "
           f"of {args.repeats} pairs, ratio to pytorch's dense conv")

@@ -6,12 +6,12 @@ forward), as the median and spread (min..max) over at least 5 paired repeats, wi
 its load and the thread counts in the header, and each convolution's achieved GFLOP/s beside this
 machine's measured sgemm rate (the physical limit). The targets are those of issue 12.
 
-Two figures also take a second process. PyTorch loads first here (its OpenMP runtime then keeps
-PyTorch's default, spinning wait policy), so refimpl runs its parallel kernels on Numba's
-workqueue threading layer in the in-process rows (refimpl/core/_jit.py). As a user runs it,
-without PyTorch in the process, refimpl uses OpenMP with passive waits. The round and the dense
-training are therefore also timed in a child process that never loads PyTorch, and that time is
-divided by the in-process PyTorch time.
+Three figures also take a second process. PyTorch loads first here (its OpenMP runtime then
+keeps PyTorch's default, spinning wait policy), so refimpl compiles its parallel kernels serial in
+the in-process rows (refimpl/core/_jit.py). As a user runs it, without PyTorch in the process,
+refimpl runs them in parallel on OpenMP with passive waits. The round, the dense training and the
+masked conv are therefore also timed in a child process that never loads PyTorch, and that time
+is divided by the in-process PyTorch time.
 
     .venv/bin/python benchmarks/report.py [--threads 2] [--repeats 5] [--out docs/performance.md]
 """
@@ -47,6 +47,8 @@ TARGETS = {  # issue 12: figure -> (target, what)
     "dense_alone": (1.5, "the same dense training timed without PyTorch in the process / twin"),
     "conv": (1.5, "dense conv fwd+bwd / PyTorch"),
     "masked": (0.5, "masked conv fwd+bwd at density 0.1 / PyTorch dense"),
+    "masked_alone": (0.5, "the same masked conv timed without PyTorch in the process / PyTorch "
+                          "dense"),
     "pool": (0.15, "max-pool fwd+bwd / conv fwd+bwd of the same layer"),
     "sap": (0.15, "SAP select+encode / conv forward (worst γ of 0.5, 0.7, 0.9; policy auto)"),
 }
@@ -61,10 +63,10 @@ def _commit() -> str:
         return "?"
 
 
-def round_alone(threads: int, repeats: int) -> dict:
-    """benchmarks/round.py --alone-json in a child process that never loads PyTorch."""
+def alone(script: str, threads: int, repeats: int) -> dict:
+    """benchmarks/<script> --alone-json in a child process that never loads PyTorch."""
     env = {**os.environ, "REFIMPL_BENCH_NO_TORCH": "1"}
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "round.py"),
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script),
                           "--alone-json", "--threads", str(threads), "--repeats", str(repeats)],
                          env=env, text=True, capture_output=True, check=True).stdout
     return {k: Figure(v) for k, v in json.loads(out.strip().splitlines()[-1]).items()}
@@ -76,6 +78,8 @@ def measure_all(threads: int, repeats: int, log=print, with_grid: bool = True,
     c = conv.measure(threads, repeats)
     log("masked conv ...")
     m = masked_conv.measure(threads, repeats)
+    log("masked conv (refimpl alone, child process) ...")
+    ma = alone("masked_conv.py", threads, repeats)
     log("max-pool ...")
     p = pool.measure(threads, repeats)
     log("SAP ...")
@@ -83,7 +87,7 @@ def measure_all(threads: int, repeats: int, log=print, with_grid: bool = True,
     log("round (with PyTorch in the process) ...")
     r = round_bench.measure(threads, repeats)
     log("round (refimpl alone, child process) ...")
-    a = round_alone(threads, repeats)
+    a = alone("round.py", threads, repeats)
     torch_median = r["torch_s"].median
     grid = None
     if with_grid:
@@ -96,7 +100,9 @@ def measure_all(threads: int, repeats: int, log=print, with_grid: bool = True,
         "round": r["ratio_round"], "dense": r["ratio_dense"],
         "round_alone": Figure(v / torch_median for v in a["round_s"].samples),
         "dense_alone": Figure(v / torch_median for v in a["dense_s"].samples),
-        "conv": c["ratio_np"], "masked": m["ratio d=0.1"], "pool": p["ratio"],
+        "conv": c["ratio_np"], "masked": m["ratio d=0.1"],
+        "masked_alone": Figure(v / m["torch_s"].median for v in ma["d=0.1"].samples),
+        "pool": p["ratio"],
         "sap": s["worst_auto"],
     }
     return {"conv": c, "masked": m, "pool": p, "sap": s, "round": r, "alone": a,
@@ -149,11 +155,12 @@ def render(res: dict, threads: int, repeats: int) -> str:
     lines += [
         "",
         "PyTorch loads first here and keeps its OpenMP runtime's default (spinning) wait "
-        "policy, so refimpl's parallel kernels run on Numba's workqueue layer in the in-process "
-        "rows (refimpl/core/_jit.py, docs/decisions.md). The rows \"timed without PyTorch\" time "
-        "the same work in a child process that never loads PyTorch (OpenMP with passive waits, "
-        "as a user runs it), divided by the in-process "
-        f"PyTorch twin's median {r['torch_s'].median:.3f} s (table below).",
+        "policy, so refimpl compiles its parallel kernels serial in the in-process rows "
+        "(refimpl/core/_jit.py, docs/decisions.md). The rows \"timed without PyTorch\" time "
+        "the same work in a child process that never loads PyTorch (parallel kernels on OpenMP "
+        "with passive waits, as a user runs it), divided by the in-process PyTorch median: the "
+        f"twin's {r['torch_s'].median:.3f} s (table below) and the dense conv's "
+        f"{1e3 * m['torch_s'].median:.3f} ms.",
         "",
         "## The demo round",
         "",

@@ -447,17 +447,17 @@ MUTANTS: tuple[Mutant, ...] = (
        T + "test_faults.py::test_mask3_is_enforced_identically_on_every_kernel_path"),
     # ---- the ReLU fused into the conv (CONV-5) and the packed Ŵ (NSC-3) ----
     _m("conv5-fused-relu-grad-at-zero", "CONV-5", "fused ReLU keeps (y >= 0): ReLU'(0) = 1",
-       CONV, "        y, bits = RK.relu_forward(y, out=y)\n",
-       "        y, bits = RK.relu_forward(y, out=y)\n"
+       CONV, "        y, bits = RK.relu_forward(y, out=y, with_bits=any(needs))\n",
+       "        y, bits = RK.relu_forward(y, out=y, with_bits=any(needs))\n"
        '        bits = np.packbits(y >= 0, axis=None, bitorder="little")\n',
        T + "test_fused_relu.py"),
     _m("conv5-fused-relu-bias-grad-unmasked", "CONV-5", "fused ReLU: the bias gradient sums the "
        "cotangent before the ReLU's mask", CONV, _RELU_VJP + _BIAS_GRAD, _BIAS_GRAD + _RELU_VJP,
        T + "test_fused_relu.py"),
     _m("conv5-fused-relu-bits-before-bias", "CONV-5", "fused ReLU bitmap of the conv before its "
-       "bias", CONV, "        y, bits = RK.relu_forward(y, out=y)\n",
+       "bias", CONV, "        y, bits = RK.relu_forward(y, out=y, with_bits=any(needs))\n",
        "        pre = y if b is None else y - b.reshape(-1, 1, 1)\n"
-       "        y, bits = RK.relu_forward(y, out=y)\n"
+       "        y, bits = RK.relu_forward(y, out=y, with_bits=any(needs))\n"
        '        bits = np.packbits(pre > 0, axis=None, bitorder="little")\n',
        T + "test_fused_relu.py"),
     _m("nsc3-packed-what-transposed", "NSC-3", "packed Ŵ in (c, j, i) order, not index order",

@@ -1,9 +1,10 @@
 # covers: RNG-1
-"""Numba's threading layer is chosen for speed only: with an OpenMP runtime already loaded
-(PyTorch imported first) refimpl switches Numba to its ``workqueue`` layer, otherwise it keeps
-Numba's default with passive OpenMP waits (refimpl/core/_jit.py, docs/decisions.md). Every
-parallel kernel gives the same bytes under either layer and any thread count, so a run is
-bit-identical whichever was chosen (RNG-1)."""
+"""How the parallel kernels run is chosen for speed only: with an OpenMP runtime already loaded
+(PyTorch imported first) refimpl compiles them serial (and any other parallel Numba code runs
+on the ``workqueue`` layer), otherwise they run on Numba's default layer with passive OpenMP
+waits (refimpl/core/_jit.py, docs/decisions.md). Every parallel kernel gives the same bytes
+serial, under either layer and at any thread count, so a run is bit-identical whichever was
+chosen (RNG-1)."""
 
 import ctypes.util
 import json
@@ -73,7 +74,7 @@ xh, y = NK.bn_forward(x, b[:3], b[3:], w[0, :, 0, 0], b[:3], True)
 put(xh, y, NK.bn_grad_input(gb, xh, w[0, :, 0, 0], b[3:], b[:3], b[3:], True),
     NK.bn_grad_input(gb, None, None, b[3:], None, None, False))
 print(json.dumps({"layer": numba.threading_layer(), "choice": _jit.threading_choice(),
-                  "digest": h.hexdigest()}))
+                  "serial": _jit.SERIAL_KERNELS, "digest": h.hexdigest()}))
 """
 
 
@@ -104,13 +105,14 @@ def _gomp() -> str:
     return lib
 
 
-def test_a_preloaded_openmp_runtime_switches_numba_to_workqueue_with_the_same_bytes():
+def test_a_preloaded_openmp_runtime_makes_the_kernels_serial_with_the_same_bytes():
     plain = _probe("")
     preloaded = _probe(_gomp())
     numba_first = _probe(_gomp(), order="numba-first")  # numba imported before refimpl
     for p in (preloaded, numba_first):
-        assert p["layer"] == "workqueue", p
-        assert "already loaded" in p["choice"]
+        assert p["serial"] and "already loaded" in p["choice"], p
+        assert p["layer"] == "workqueue", p  # other parallel Numba code of the process
+    assert not plain["serial"], plain
     assert numba_first["digest"] == preloaded["digest"]
     assert plain["layer"] != "workqueue" or "omp" not in numba_layers(), plain
     assert preloaded["digest"] == plain["digest"]
@@ -123,6 +125,7 @@ def test_the_users_layer_and_thread_count_are_kept_and_change_no_byte():
     assert chosen["layer"] == "workqueue" and "the user's" in chosen["choice"], chosen
     passive = _probe(gomp, threads=2, OMP_WAIT_POLICY="passive")
     assert passive["layer"] != "workqueue" or "omp" not in numba_layers(), passive
+    assert not (base["serial"] or chosen["serial"] or passive["serial"])
     assert base["digest"] == chosen["digest"] == passive["digest"]
 
 

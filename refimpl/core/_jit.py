@@ -19,17 +19,23 @@ Flags live here and nowhere else (STYLE 4):
   hence here, before the first kernel compiles.
 - When an OpenMP runtime is already loaded as refimpl loads (PyTorch imported first, as in the
   cross-check tests and benchmarks), that runtime has fixed its wait policy and Numba's OpenMP
-  layer would share it: its workers spin, and a demo round ran 2.6x slower (1 thread spinning per
-  core; ``benchmarks/round.py``: 2.58 s against 1.20 s). Numba then uses its own ``workqueue``
-  threading layer instead, unless the user chose one (``NUMBA_THREADING_LAYER``) or the loaded
-  runtime waits passively anyway. Results do not depend on the layer: every parallel kernel's
-  iterations write disjoint memory in a fixed order (spec_tests/test_threading_layer.py).
+  layer would share it: its workers spin, and a demo round ran 2.6x slower (``benchmarks/
+  round.py``: 2.58 s against 1.20 s). Numba's own ``workqueue`` layer avoided that (1.20 s), but
+  its hand-off costs on every launch, and the same round with the kernels compiled serial took
+  0.86-0.92 s against 1.08-1.21 s on workqueue (docs/decisions.md). So in that case the
+  ``parallel`` kernels are compiled serial (:data:`SERIAL_KERNELS`; each under its own name, so
+  the on-disk cache keeps the two builds apart), and any other parallel Numba code of the
+  process runs on ``workqueue``, unless the user chose a layer (``NUMBA_THREADING_LAYER``) or
+  the loaded runtime waits passively anyway. Results do not depend on either choice: every
+  parallel kernel's iterations write disjoint memory in a fixed order
+  (spec_tests/test_threading_layer.py).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import types
 
 #: File names of the OpenMP runtimes a process shares by soname (GNU, LLVM, Intel). Vendored
 #: copies under another name (scikit-learn's ``libgomp-<hash>.so``) are separate runtimes.
@@ -75,14 +81,19 @@ if _numba is not None and _workqueue:
     _numba.config.THREADING_LAYER = "workqueue"
 
 
+#: True when the ``parallel`` kernels are compiled serial (module docstring).
+SERIAL_KERNELS: bool = _numba is not None and _workqueue
+
+
 def threading_choice() -> str:
     """Which threading layer Numba's parallel kernels use here, and why (for the benchmarks)."""
     if _numba is None:
         return "no numba: kernels run as plain Python"
     if "NUMBA_THREADING_LAYER" in os.environ:
         return f"NUMBA_THREADING_LAYER={os.environ['NUMBA_THREADING_LAYER']} (the user's)"
-    if _workqueue:
-        return "workqueue (an OpenMP runtime was already loaded with its own wait policy)"
+    if SERIAL_KERNELS:
+        return ("serial kernels, other parallel code on workqueue (an OpenMP runtime was "
+                "already loaded with its own wait policy)")
     return ("numba's default (the first of tbb, omp, workqueue it can load), OMP_WAIT_POLICY="
             + os.environ.get("OMP_WAIT_POLICY", "unset"))
 
@@ -106,11 +117,25 @@ def njit(fn=None, *, parallel: bool = False):
     def wrap(f):
         if not HAVE_NUMBA:
             return f
+        if parallel and SERIAL_KERNELS:
+            return _numba.njit(cache=True, fastmath=False, nogil=True)(_serial_twin(f))
         return _numba.njit(cache=True, parallel=parallel, fastmath=False, nogil=True)(f)
 
     if fn is None:
         return wrap
     return wrap(fn)
+
+
+def _serial_twin(f):
+    """``f`` under the name ``<name>_serial``: the same code, compiled without ``parallel``
+    (``prange`` is then ``range``). Numba's on-disk cache is keyed by the function's name and
+    signature, not by its flags, so the two builds need two names."""
+    twin = types.FunctionType(f.__code__, f.__globals__, f.__name__ + "_serial", f.__defaults__,
+                              f.__closure__)
+    twin.__qualname__ = f.__qualname__ + "_serial"
+    twin.__module__ = f.__module__
+    twin.__doc__ = f.__doc__
+    return twin
 
 
 def set_num_threads(n: int) -> None:
