@@ -6,7 +6,8 @@ or interpreted when numba is not installed at all.
 
 Flags live here and nowhere else (STYLE 4):
 - no ``fastmath``: bit-stable cross-checks matter more than the last few percent;
-- ``parallel=True`` only for kernels whose every ``prange`` iteration writes its own slice;
+- ``parallel=True`` only for kernels whose every ``prange`` iteration writes its own slice; such
+  a kernel also has a serial build, which runs when Numba has one thread (:class:`_ByThreads`);
 - ``cache=True`` so a fresh clone compiles each kernel once, not once per process;
 - ``NUMBA_OPT`` defaults to 2: deep loop nests compile ~20x faster than at level 3 and run as fast
   (measured on this project's conv kernels), unless the user sets it.
@@ -117,13 +118,32 @@ def njit(fn=None, *, parallel: bool = False):
     def wrap(f):
         if not HAVE_NUMBA:
             return f
-        if parallel and SERIAL_KERNELS:
-            return _numba.njit(cache=True, fastmath=False, nogil=True)(_serial_twin(f))
-        return _numba.njit(cache=True, parallel=parallel, fastmath=False, nogil=True)(f)
+        if not parallel or not JIT_ENABLED:  # (disabled: numba returns f itself)
+            return _numba.njit(cache=True, parallel=parallel, fastmath=False, nogil=True)(f)
+        serial = _numba.njit(cache=True, fastmath=False, nogil=True)(_serial_twin(f))
+        if SERIAL_KERNELS:
+            return serial
+        return _ByThreads(_numba.njit(cache=True, parallel=True, fastmath=False, nogil=True)(f),
+                          serial)
 
     if fn is None:
         return wrap
     return wrap(fn)
+
+
+class _ByThreads:
+    """A parallel kernel that runs its serial build when Numba has one thread: a parallel region
+    costs a launch even then (a FedMef run of the experiment grid at one thread took 2-4% longer
+    than with serial kernels, docs/decisions.md). Either build gives the same bytes."""
+
+    __slots__ = ("parallel", "serial", "__wrapped__")
+
+    def __init__(self, parallel, serial):
+        self.parallel, self.serial = parallel, serial
+        self.__wrapped__ = parallel.py_func
+
+    def __call__(self, *args):
+        return (self.serial if _numba.get_num_threads() == 1 else self.parallel)(*args)
 
 
 def _serial_twin(f):
