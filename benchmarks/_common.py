@@ -22,7 +22,7 @@ if ROOT not in sys.path:  # run as a script from a checkout
 
 # PyTorch first: it loads its OpenMP runtime with the environment as the user left it, before
 # refimpl.core._jit sets OMP_WAIT_POLICY (passive), so the peer runs with its defaults; refimpl
-# then runs its parallel kernels on Numba's workqueue layer (refimpl/core/_jit.py).
+# then compiles its parallel kernels serial (refimpl/core/_jit.py: SERIAL_KERNELS).
 # REFIMPL_BENCH_NO_TORCH=1: a child process that times refimpl alone, as a user runs it.
 if os.environ.get("REFIMPL_BENCH_NO_TORCH") != "1":
     try:

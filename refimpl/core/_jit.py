@@ -136,11 +136,10 @@ class _ByThreads:
     costs a launch even then (a FedMef run of the experiment grid at one thread took 2-4% longer
     than with serial kernels, docs/decisions.md). Either build gives the same bytes."""
 
-    __slots__ = ("parallel", "serial", "__wrapped__")
+    __slots__ = ("parallel", "serial")
 
     def __init__(self, parallel, serial):
         self.parallel, self.serial = parallel, serial
-        self.__wrapped__ = parallel.py_func
 
     def __call__(self, *args):
         return (self.serial if _numba.get_num_threads() == 1 else self.parallel)(*args)

@@ -56,21 +56,17 @@ def batch_norm_fwd(inputs, p, needs):
     bs = _bshape(x)
     invstd = (1.0 / np.sqrt(p.var + p.eps)).astype(x.dtype)
     keep_xhat = any(needs) and (needs[1] or (needs[0] and p.training))
-    if KERNELS and _one_dtype(x, p.mean, weight, bias):
+    if KERNELS and _one_dtype(x, p.mean, weight, bias):  # one pass (refimpl.kernels.norm)
         xhat, y = NK.bn_forward(x, p.mean.astype(x.dtype, copy=False), invstd, weight, bias,
                                 keep_xhat)
-        res = None
-        if any(needs):
-            res = BatchNormRes(xhat, invstd,
-                               weight if (needs[0] and weight is not None) else None)
-        return y, res
-    # The same operations in the same order as (x - mean) * invstd * weight + bias, in place
-    # where a full-size temporary would otherwise be made.
-    xhat = x - p.mean.reshape(bs)
-    xhat *= invstd.reshape(bs)
-    y = xhat * weight.reshape(bs) if weight is not None else xhat.copy()
-    if bias is not None:
-        y += bias.reshape(bs)
+    else:
+        # The same operations in the same order as (x - mean) * invstd * weight + bias, in place
+        # where a full-size temporary would otherwise be made.
+        xhat = x - p.mean.reshape(bs)
+        xhat *= invstd.reshape(bs)
+        y = xhat * weight.reshape(bs) if weight is not None else xhat.copy()
+        if bias is not None:
+            y += bias.reshape(bs)
     res = None
     if any(needs):
         res = BatchNormRes(
@@ -81,48 +77,32 @@ def batch_norm_fwd(inputs, p, needs):
 
 
 def batch_norm_vjp(res, g, p, needs):
-    if KERNELS and _one_dtype(g, res.xhat, res.weight, res.invstd):
-        return _vjp_kernels(res, g, p, needs)
     axes = (0,) + tuple(range(2, g.ndim))
     bs = (1, g.shape[1]) + (1,) * (g.ndim - 2)
+    kernels = KERNELS and _one_dtype(g, res.xhat, res.weight, res.invstd)
     dx = dw = db = None
     t = None  # one full-size scratch for the products, reused (same values, fewer temporaries)
     if needs[0]:
-        gx = g * res.weight.reshape(bs) if res.weight is not None else g
+        m_g = m_gx = None
         if p.training:
             # d/dx of the normalisation through the batch mean and variance:
             # dx = invstd * (gx - mean(gx) - xhat * mean(gx * xhat)).
+            gx = g * res.weight.reshape(bs) if res.weight is not None else g
             m_g = np.mean(gx, axis=axes, keepdims=True)
             t = np.multiply(gx, res.xhat)
             m_gx = np.mean(t, axis=axes, keepdims=True)
+        if kernels:  # dx in one pass, the same operations (refimpl.kernels.norm)
+            dx = NK.bn_grad_input(g, res.xhat if p.training else None, res.weight, res.invstd,
+                                  None if m_g is None else m_g.reshape(-1),
+                                  None if m_gx is None else m_gx.reshape(-1), p.training)
+        elif p.training:
             dx = gx - m_g
             dx -= np.multiply(res.xhat, m_gx, out=t)
             dx *= res.invstd.reshape(bs)
         else:
+            gx = g * res.weight.reshape(bs) if res.weight is not None else g
             dx = gx * res.invstd.reshape(bs)
-        del gx
-    if needs[1]:
-        dw = np.sum(np.multiply(g, res.xhat, out=t), axis=axes)
-    if needs[2]:
-        db = np.sum(g, axis=axes)
-    return dx, dw, db
-
-
-def _vjp_kernels(res, g, p, needs):
-    """batch_norm_vjp with dx in one pass (refimpl.kernels.norm); the sums are NumPy's, as above."""
-    axes = (0,) + tuple(range(2, g.ndim))
-    dx = dw = db = None
-    t = None
-    if needs[0]:
-        m_g = m_gx = None
-        if p.training:
-            gx = g * res.weight.reshape(_bshape(g)) if res.weight is not None else g
-            m_g = np.mean(gx, axis=axes)
-            t = np.multiply(gx, res.xhat)
-            m_gx = np.mean(t, axis=axes)
-            del gx
-        dx = NK.bn_grad_input(g, res.xhat if p.training else None, res.weight, res.invstd, m_g,
-                              m_gx, p.training)
+        gx = None
     if needs[1]:
         dw = np.sum(np.multiply(g, res.xhat, out=t), axis=axes)
     if needs[2]:
