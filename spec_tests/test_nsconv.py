@@ -5,7 +5,7 @@ twin written here, independently of refimpl."""
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -161,3 +161,69 @@ def test_bad_mask_or_gain_shape_is_a_clear_error():
         F.nsconv2d(x, w, np.ones(w.shape), np.ones(2))
     with pytest.raises(ValueError, match="stats must be one of"):
         F.nsconv2d(x, w, np.ones(w.shape), np.ones(3), stats="batch")
+
+
+_SPECIALS = (0.0, -0.0, np.inf, -np.inf, 1e-40, -1e-40, 1e30, -1e30)
+
+
+@given(st.integers(1, 5), st.integers(1, 40), st.sampled_from([1, 3, 5]), seeds,
+       st.sampled_from([np.float32, np.float64]), st.sampled_from(NS.STATS), st.booleans(),
+       st.floats(0.0, 1.0), st.floats(0.0, 0.3), st.sampled_from([1e-5, 1e-4, 1.0]))
+@settings(deadline=None)
+def test_nsconv_kernels_are_the_numpy_expressions_bit_for_bit(o, c, k, seed, dtype, stats,
+                                                              packed, density, p_special, eps):
+    """NSC-1..3: the channel-by-channel kernels (refimpl/kernels/nsconv.py), naive and compiled,
+    give the bits of ops/nsconv.py's NumPy expressions: Ŵ (dense and packed), r, the clamp
+    flags, ∂W and ∂g, in both stats modes, with empty channels, rows longer than NumPy's
+    pairwise block (fan_in up to 1000), ±0, ±inf, overflow and subnormals (a NaN result is NaN
+    in both, its payload may differ)."""
+    from refimpl.kernels import nsconv as NK
+
+    rng = np.random.default_rng(seed)
+    shape = (o, c, k, k)
+    w = rng.standard_normal(shape).astype(dtype) * dtype(10.0 ** rng.integers(-3, 3))
+    pick = rng.random(shape) < p_special
+    w[pick] = np.array(_SPECIALS, dtype=dtype)[rng.integers(0, len(_SPECIALS), pick.sum())]
+    m = rng.random(shape) < density
+    m[rng.integers(0, o)] = rng.random() < 0.5  # a channel all active or empty
+    gain = rng.standard_normal(o).astype(dtype)
+    p = NS.StandardizeParams.make(WeightMask(m), w, stats, eps, packed)
+    g = rng.standard_normal(m.sum() if packed else shape).astype(dtype)
+    view = np.uint32 if dtype == np.float32 else np.uint64
+    results = {}
+    with np.errstate(all="ignore"):
+        for impl in ("numpy", "naive", "jit"):
+            fwd, vjp, before = NK.standardize, NK.standardize_grad, NS.KERNELS
+            NS.KERNELS = impl != "numpy"
+            if NS.KERNELS:  # the kernel functions with this twin
+                NK.standardize = lambda *a, _f=fwd, _i=impl, **kw: _f(*a, impl=_i, **kw)
+                NK.standardize_grad = lambda *a, _f=vjp, _i=impl, **kw: _f(*a, impl=_i, **kw)
+            try:
+                what, res = NS.standardize_fwd((w, gain), p, (True, True))
+                dw, dg = NS.standardize_vjp(res, g, p, (True, True))
+            finally:
+                NS.KERNELS, NK.standardize, NK.standardize_grad = before, fwd, vjp
+            results[impl] = (what, res.r, res.unclamped, dw, dg)
+    for impl in ("naive", "jit"):
+        for got, ref in zip(results[impl], results["numpy"], strict=True):
+            assert got.shape == ref.shape and got.dtype == ref.dtype, impl
+            if ref.dtype == np.bool_:
+                assert np.array_equal(got, ref), impl
+                continue
+            nan = np.isnan(ref)
+            assert np.array_equal(np.isnan(got), nan), impl
+            assert np.array_equal(got.view(view)[~nan], ref.view(view)[~nan]), impl
+
+
+@given(st.integers(0, 1100), seeds, st.sampled_from([np.float32, np.float64]))
+@settings(deadline=None)
+def test_row_sum_is_numpys_sum_bit_for_bit(n, seed, dtype):
+    """The kernels' row sum is np.sum's: 0 plus NumPy's pairwise order (blocks of 128, eight
+    running sums, splits at multiples of 8), for lengths across every branch."""
+    from refimpl.kernels import nsconv as NK
+
+    rng = np.random.default_rng(seed)
+    a = (rng.standard_normal(n) * 10.0 ** rng.integers(-6, 7, n)).astype(dtype)
+    ref = np.sum(a.reshape(1, -1), axis=1)[0]
+    for impl in NK.IMPLS:
+        assert NK.row_sum(a, impl).tobytes() == ref.tobytes(), impl

@@ -1,6 +1,7 @@
 """Compute kernels: dense convolution (:mod:`.conv`), masked convolution over a weight index
-(:mod:`.masked_conv`), max-pooling (:mod:`.pool`) and the SAP cache's selection, encode and
-decode (:mod:`.cache`).
+(:mod:`.masked_conv`), max-pooling (:mod:`.pool`), ReLU (:mod:`.relu`), batch norm's elementwise
+passes (:mod:`.norm`), NSConv's weight standardisation (:mod:`.nsconv`) and the SAP cache's
+selection, encode and decode (:mod:`.cache`).
 
 One convention for every kernel (STYLE 3, 10): a plain loop function ``<op>_naive`` (C-shaped,
 explicit buffers and bounds, calling no compiled code: the oracle), the same function compiled

@@ -53,8 +53,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core._jit import JIT_ENABLED
 from ..core.tape import Plan, Primitive, Residual, Spec
 from ..kernels import masked_conv as MK
+from ..kernels import nsconv as NK
 
 #: SPEC's stats modes (NSC-1, NSC-2).
 STATS = ("dense", "masked")
@@ -64,6 +66,9 @@ COMPAT_STATS = ("authors", "authors_method1")
 ALL_STATS = STATS + COMPAT_STATS
 #: Stats modes that average over the active entries only.
 _OVER_ACTIVE = ("masked", "authors_method1")
+#: The channel-by-channel kernels of :mod:`refimpl.kernels.nsconv` (the same bits, one call
+#: instead of some twenty NumPy passes) when Numba compiles; else the NumPy expressions below.
+KERNELS = JIT_ENABLED
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,18 +112,23 @@ def _raw(p: StandardizeParams) -> bool:
     return p.stats == "authors_method1"
 
 
+def _counts(w: np.ndarray, p: StandardizeParams):
+    """Per channel: the averaging set's size F_o (int64) and the mean's divisor (w's dtype)."""
+    o = w.shape[0]
+    if p.stats in _OVER_ACTIVE:
+        count = p.mask.mask.reshape(o, -1).sum(axis=1).astype(np.int64)
+    else:
+        count = np.full(o, w[0].size, dtype=np.int64)
+    return count, (count if _raw(p) else np.maximum(count, 1)).astype(w.dtype)
+
+
 def _centre(w: np.ndarray, p: StandardizeParams):
     """Per-channel averaging set, count, centred weights c and Σc², all (C_out, fan_in)."""
     o = w.shape[0]
     w2 = w.reshape(o, -1)
     m2 = p.mask.mask.reshape(o, -1)
-    if p.stats in _OVER_ACTIVE:
-        a = m2
-        count = m2.sum(axis=1).astype(np.int64)
-    else:
-        a = np.ones_like(m2)
-        count = np.full(o, w2.shape[1], dtype=np.int64)
-    safe = (count if _raw(p) else np.maximum(count, 1)).astype(w.dtype)
+    a = m2 if p.stats in _OVER_ACTIVE else np.ones_like(m2)
+    count, safe = _counts(w, p)
     mu = np.sum(w2 * a, axis=1) / safe
     c = (w2 - mu[:, None]) * a
     return a, count, c, np.sum(c * c, axis=1)
@@ -132,10 +142,25 @@ def _scale_factor(count: np.ndarray, fan_in: int, p: StandardizeParams, dtype) -
     return (scale / np.maximum(count - 1, 1)).astype(dtype)
 
 
+def _kernels(p: StandardizeParams, *arrays) -> bool:
+    """Whether the compiled kernels run: SPEC's stats modes, arrays of one float dtype (the
+    NumPy expressions compute in it only then; mixed dtypes promote)."""
+    return (KERNELS and p.stats in STATS and len({a.dtype for a in arrays}) == 1
+            and arrays[0].dtype in (np.float32, np.float64))
+
+
 def standardize_fwd(inputs, p, needs):
     """Ŵ = g · (W − μ) / sqrt(max(s² S, ε)) ⊙ M per output channel; shape of W."""
     w, gain = inputs
     fan_in = w[0].size
+    if _kernels(p, w, gain):  # the same operations, channel by channel (kernels/nsconv.py)
+        o = w.shape[0]
+        count, safe = _counts(w, p)
+        what, r, unclamped = NK.standardize(
+            w.reshape(o, -1), p.mask.mask.reshape(o, -1), p.stats in _OVER_ACTIVE, gain, safe,
+            _scale_factor(count, fan_in, p, w.dtype), p.eps, p.packed, p.mask.nnz)
+        res = StandardizeRes(w, gain, r, unclamped) if any(needs) else None
+        return (what if p.packed else what.reshape(w.shape)), res
     with np.errstate(invalid="ignore", divide="ignore"):  # method 1's NaN is deliberate
         a, count, c, ss = _centre(w, p)
         v = ss * _scale_factor(count, fan_in, p, w.dtype)
@@ -153,6 +178,13 @@ def standardize_vjp(res, g, p, needs):
     w, gain, r = res.w, res.gain, res.r
     o, fan_in = w.shape[0], w[0].size
     raw = _raw(p)
+    if _kernels(p, w, gain, g):
+        count, safe = _counts(w, p)
+        dw2, dgain = NK.standardize_grad(
+            w.reshape(o, -1), p.mask.mask.reshape(o, -1), p.stats in _OVER_ACTIVE, gain, safe,
+            _scale_factor(count, fan_in, p, w.dtype), r, r**3, res.unclamped,
+            g if p.packed else g.reshape(o, -1), p.packed)
+        return (dw2.reshape(w.shape) if needs[0] else None), (dgain if needs[1] else None)
     with np.errstate(invalid="ignore", divide="ignore"):
         a, count, c, _ = _centre(w, p)
         if p.packed:
