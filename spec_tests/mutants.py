@@ -79,13 +79,20 @@ MUTANTS: tuple[Mutant, ...] = (
        SP, "        ww[q] = 0\n", "", T + "test_adjust_stale.py"),
     _m("nsc1-eps-outside-sqrt", "NSC-1", "r = max(sqrt(s²F), ε) instead of sqrt(max(s²F, ε))",
        NS, "r = np.sqrt(np.maximum(v, eps))", "r = np.maximum(np.sqrt(v), eps)",
-       T + "test_nsconv_scales.py"),
+       T + "test_nsconv_scales.py", T + "test_nsconv.py"),
+    _m("nsc1-kernel-eps-outside-sqrt", "NSC-1", "compiled standardisation: r = max(sqrt(s²F), ε)",
+       "refimpl/kernels/nsconv.py", "ro = np.sqrt(v if (v >= eps or v != v) else eps)",
+       "ro = max(np.sqrt(v), eps)", T + "test_nsconv_scales.py"),
+    _m("nsc3-kernel-gradient-ignores-clamp", "NSC-3", "compiled gradient differentiates s² even "
+       "where clamped", "refimpl/kernels/nsconv.py",
+       "coef = ((g * sf[o]) * gc) / r3[o] if unclamped[o] else zero",
+       "coef = ((g * sf[o]) * gc) / r3[o]", T + "test_nsconv_scales.py"),
     _m("mask3-sgd-no-remask", "MASK-3", "SGD.step no longer re-masks the weights",
        OPT, "            if m is not None:\n                p *= m\n", "",
        T + "test_optim_unmasked.py"),
     _m("conv5-relu-grad-at-zero", "CONV-5", "ReLU'(0) = 1 (bitmap of x >= 0)",
-       "refimpl/kernels/relu.py", "np.packbits(y > zero, axis=None",
-       "np.packbits(y >= zero, axis=None", T + "test_conv5_routing.py"),
+       "refimpl/kernels/relu.py", "np.packbits(y > y.dtype.type(0), axis=None",
+       "np.packbits(y >= y.dtype.type(0), axis=None", T + "test_conv5_routing.py"),
     _m("conv5-relu-loops-grad-at-zero", "CONV-5", "ReLU loop twins: ReLU'(0) = 1",
        "refimpl/kernels/relu.py", "            if v > zero:\n                acc |= 1 << j",
        "            if v >= zero:\n                acc |= 1 << j", T + "test_kernels.py"),
@@ -447,18 +454,17 @@ MUTANTS: tuple[Mutant, ...] = (
        T + "test_faults.py::test_mask3_is_enforced_identically_on_every_kernel_path"),
     # ---- the ReLU fused into the conv (CONV-5) and the packed Ŵ (NSC-3) ----
     _m("conv5-fused-relu-grad-at-zero", "CONV-5", "fused ReLU keeps (y >= 0): ReLU'(0) = 1",
-       CONV, "        y, bits = RK.relu_forward(y, out=y, with_bits=any(needs))\n",
-       "        y, bits = RK.relu_forward(y, out=y, with_bits=any(needs))\n"
-       '        bits = np.packbits(y >= 0, axis=None, bitorder="little")\n',
+       CONV, "        bits = RK.relu_bitmap(y) if any(needs) else None\n",
+       '        bits = np.packbits(y >= 0, axis=None, bitorder="little") if any(needs) else None\n',
        T + "test_fused_relu.py"),
     _m("conv5-fused-relu-bias-grad-unmasked", "CONV-5", "fused ReLU: the bias gradient sums the "
        "cotangent before the ReLU's mask", CONV, _RELU_VJP + _BIAS_GRAD, _BIAS_GRAD + _RELU_VJP,
        T + "test_fused_relu.py"),
     _m("conv5-fused-relu-bits-before-bias", "CONV-5", "fused ReLU bitmap of the conv before its "
-       "bias", CONV, "        y, bits = RK.relu_forward(y, out=y, with_bits=any(needs))\n",
+       "bias", CONV, "        bits = RK.relu_bitmap(y) if any(needs) else None\n",
        "        pre = y if b is None else y - b.reshape(-1, 1, 1)\n"
-       "        y, bits = RK.relu_forward(y, out=y, with_bits=any(needs))\n"
-       '        bits = np.packbits(pre > 0, axis=None, bitorder="little")\n',
+       '        bits = np.packbits(pre > 0, axis=None, bitorder="little") if any(needs) else '
+       'None\n',
        T + "test_fused_relu.py"),
     _m("nsc3-packed-what-transposed", "NSC-3", "packed Ŵ in (c, j, i) order, not index order",
        NS, "return (MK.gather(what, p.mask.index) if p.packed else what), res",

@@ -64,8 +64,9 @@ def test_dense_kernels_agree(cfg, seed, dtype):
 @given(conv_case(), seeds, dtypes)
 def test_dense_data_moves_are_bit_identical_twins(cfg, seed, dtype):
     """The moves around the dense GEMM (pad, im2col, col2im, unpad and the two transposes to
-    and from the channel-major layout) copy and add in the same order in all three twins, so
-    the compiled loops the default path uses give exactly NumPy's bytes."""
+    and from the channel-major layout, with its bias and ReLU epilogue) copy and add in the same
+    order in all three twins, so the compiled loops the default path uses give exactly NumPy's
+    bytes (the ReLU: np.maximum's, +0.0 for −0.0 and NaN kept with its bits)."""
     x, w, _, g = _arrays(cfg, seed, dtype)
     (sh, sw), (ph, pw), (dh, dw) = cfg["stride"], cfg["padding"], cfg["dilation"]
     kh, kw = cfg["kh"], cfg["kw"]
@@ -75,6 +76,8 @@ def test_dense_data_moves_are_bit_identical_twins(cfg, seed, dtype):
     dcols = rng.standard_normal((c * kh * kw, n * oh * ow)).astype(dtype)
     bias = rng.standard_normal(o).astype(dtype)
     y2 = rng.standard_normal((o, n * oh * ow)).astype(dtype)
+    pick = rng.random(y2.shape) < 0.3
+    y2[pick] = np.array(_SPECIALS, dtype=dtype)[rng.integers(0, len(_SPECIALS), pick.sum())]
     got = {}
     for impl in ("naive", "np", "jit"):
         m = K._MOVES
@@ -83,8 +86,10 @@ def test_dense_data_moves_are_bit_identical_twins(cfg, seed, dtype):
                                  np.empty((c * kh * kw, n * oh * ow), dtype))
         dxp = m["col2im"][impl](dcols, kh, kw, sh, sw, dh, dw, oh, ow, np.empty_like(xp))
         dx = m["unpad"][impl](dxp, ph, pw, np.empty_like(x))
-        ys = [m["from_channel_major"][impl](y2, bias, has, np.empty((n, o, oh * ow), dtype))
-              for has in (False, True)]
+        with np.errstate(invalid="ignore"):  # inf + -inf
+            ys = [m["from_channel_major"][impl](y2, bias, has, relu, dtype(0),
+                                                np.empty((n, o, oh * ow), dtype))
+                  for has in (False, True) for relu in (False, True)]
         gcm = m["to_channel_major"][impl](g.reshape(n, o, -1), np.empty((o, n * oh * ow), dtype))
         got[impl] = [a.tobytes() for a in (xp, cols, dxp, dx, *ys, gcm)]
     assert got["naive"] == got["np"] == got["jit"]
@@ -122,7 +127,8 @@ def test_wide_rows_kernels_are_the_loops_bit_for_bit(cfg, seed, dtype, density):
     transposed index for the input gradient) add every output's terms in the order of the
     general loops: the forward and the input gradient are bit-identical to the naive general
     loops, and every wide kernel's naive twin (interpreted) is bit-identical to its compiled
-    version; the weight gradient agrees with the dense oracle on W ⊙ M."""
+    version; the forward's ReLU epilogue gives np.maximum's bytes; the weight gradient agrees
+    with the dense oracle on W ⊙ M."""
     x, w, mask, g = _arrays(cfg, seed, dtype, density)
     geom = _geom(cfg)
     index = MK.build_index(mask)
@@ -134,7 +140,9 @@ def test_wide_rows_kernels_are_the_loops_bit_for_bit(cfg, seed, dtype, density):
     pad, dil, groups = cfg["padding"], cfg["dilation"], cfg["groups"]
     got = {}
     for impl in ("naive", "jit"):
-        y = MK._wide_forward(x, index, val, b, pad, dil, groups, g.shape, impl)
+        y = MK._wide_forward(x, index, val, b, pad, dil, groups, g.shape, False, impl)
+        y_relu = MK._wide_forward(x, index, val, b, pad, dil, groups, g.shape, True, impl)
+        assert y_relu.tobytes() == np.maximum(y_loops, dtype(0)).tobytes()  # the epilogue
         dx, dval = np.zeros(x.shape, dtype), np.zeros(index.nnz, dtype)
         MK._wide_backward(g, x, index, val, pad, dil, groups, dx, dval, impl)
         assert y.tobytes() == y_loops.tobytes() and dx.tobytes() == dx_loops.tobytes()

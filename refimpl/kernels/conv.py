@@ -255,20 +255,24 @@ def _unpad_naive(xp, ph, pw, x):
     return x
 
 
-def _from_channel_major_naive(y2, bias, has_bias, out):
-    """out[n, o, k] = y2[o, n·L + k] (+ bias[o]); y2 (O, N·L), out (N, O, L)."""
+def _from_channel_major_naive(y2, bias, has_bias, relu, zero, out):
+    """out[n, o, k] = y2[o, n·L + k] (+ bias[o]), then with ``relu`` max(·, 0) as np.maximum;
+    y2 (O, N·L), out (N, O, L); ``zero``: 0 in out's dtype. Without a bias the loop adds −0.0,
+    which leaves every value's bits as they are. The ReLU keeps v unless v <= 0 (one unordered
+    comparison: NaN is kept, −0.0 and +0.0 become +0.0, as np.maximum(v, 0))."""
     n_batch, c_out, length = out.shape
     for n in prange(n_batch):
         for o in range(c_out):
             src = y2[o, n * length:(n + 1) * length]
             dst = out[n, o]
-            if has_bias:
-                b = bias[o]
+            b = bias[o] if has_bias else -zero
+            if relu:
                 for k in range(length):
-                    dst[k] = src[k] + b
+                    v = src[k] + b
+                    dst[k] = zero if v <= zero else v
             else:
                 for k in range(length):
-                    dst[k] = src[k]
+                    dst[k] = src[k] + b
     return out
 
 
@@ -318,11 +322,13 @@ def _unpad_np(xp, ph, pw, x):
     return x
 
 
-def _from_channel_major_np(y2, bias, has_bias, out):
+def _from_channel_major_np(y2, bias, has_bias, relu, zero, out):
     n, o, length = out.shape
     out[...] = y2.reshape(o, n, length).transpose(1, 0, 2)
     if has_bias:
         out += bias.reshape(1, -1, 1)
+    if relu:
+        np.maximum(out, zero, out=out)
     return out
 
 
@@ -376,9 +382,10 @@ def _g_channel_major(g, groups):
     return _group_view(_move("to_channel_major")(g.reshape(n, o, oh * ow), out), groups)
 
 
-def _forward_np(x, w, stride, padding, dilation, groups, out, bias=None):
+def _forward_np(x, w, stride, padding, dilation, groups, out, bias=None, relu=False):
     """``out``: the output buffer, or None to allocate it once the columns are freed (the
-    forward then holds at most two of columns, y and out at a time: MEM-6)."""
+    forward then holds at most two of columns, y and out at a time: MEM-6). ``relu``: the
+    output rectified as it moves out of the GEMM's layout (np.maximum's values)."""
     o, cg, kh, kw = w.shape
     n = x.shape[0]
     oh, ow = conv2d_output_shape(x.shape, w.shape, stride, padding, dilation, groups)[2:]
@@ -390,7 +397,7 @@ def _forward_np(x, w, stride, padding, dilation, groups, out, bias=None):
         out = np.empty((n, o, oh, ow), dtype=y.dtype)
     has_bias = bias is not None
     _move("from_channel_major")(y.reshape(o, n * oh * ow), bias if has_bias else out[0, :, 0, 0],
-                                has_bias, out.reshape(n, o, oh * ow))
+                                has_bias, relu, out.dtype.type(0), out.reshape(n, o, oh * ow))
     return out
 
 
@@ -469,16 +476,19 @@ def _run(op, impl, a, b, stride, padding, dilation, groups, out):
              tuple(dilation), int(groups), out)
 
 
-def conv2d_forward(x, w, stride, padding, dilation, groups, impl=None, bias=None):
-    """y = conv2d(x, w) (+ bias (O,), inside the layer); returns a new (N, O, OH, OW) array."""
-    if (DEFAULT_IMPL if impl is None else impl) == "np":  # the bias is added as y moves out
+def conv2d_forward(x, w, stride, padding, dilation, groups, impl=None, bias=None, relu=False):
+    """y = conv2d(x, w) (+ bias (O,), inside the layer), with ``relu`` max(y, 0) as np.maximum;
+    returns a new (N, O, OH, OW) array."""
+    if (DEFAULT_IMPL if impl is None else impl) == "np":  # bias and ReLU as y moves out
         return _forward_np(np.ascontiguousarray(x), np.ascontiguousarray(w), tuple(stride),
-                           tuple(padding), tuple(dilation), int(groups), None, bias)
+                           tuple(padding), tuple(dilation), int(groups), None, bias, relu)
     out_shape = conv2d_output_shape(x.shape, w.shape, stride, padding, dilation, groups)
     out = np.empty(out_shape, dtype=x.dtype)
     y = _run("forward", impl, x, w, stride, padding, dilation, groups, out)
     if bias is not None:
         y += bias.reshape(1, -1, 1, 1)
+    if relu:
+        np.maximum(y, y.dtype.type(0), out=y)
     return y
 
 

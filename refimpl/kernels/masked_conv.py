@@ -281,11 +281,13 @@ def _grad_weight_naive(x, g, ptr, off, kh, kw, stride, padding, dilation, groups
 # (``xs[k]``), never ``row[k + off]``: with a possibly negative index Numba keeps a wraparound
 # branch that stops LLVM from vectorising (measured 5x slower).
 
-def _wide_forward_naive(xp, ptr, xoff, val, bias, has_bias, samples, stride, length, wp, row,
-                        out):
+def _wide_forward_naive(xp, ptr, xoff, val, bias, has_bias, relu, zero, samples, stride, length,
+                        wp, row, out):
     """out[n, o, oh, ow] = Σ_e val[e] · xp[xoff[e] + n·S + oh·Wp + ow] (+ bias[o]), terms in
-    entry order. Samples go ``samples`` (P) at a time; row (groups, ≥ (P − 1)·S + L rounded)
-    is scratch: one wide output row per group."""
+    entry order, then with ``relu`` max(·, 0) as np.maximum (+0.0 for −0.0, NaN kept; ``zero``
+    is 0 in out's dtype; without a bias it adds −0.0, which changes no value's bits). Samples
+    go ``samples`` (P) at a time; row (groups, ≥ (P − 1)·S + L rounded) is scratch: one wide
+    output row per group."""
     n_batch, c_out, oh_size, ow_size = out.shape
     for grp in prange((n_batch + samples - 1) // samples):
         n0 = grp * samples
@@ -317,13 +319,14 @@ def _wide_forward_naive(xp, ptr, xoff, val, bias, has_bias, samples, stride, len
                 for oh in range(oh_size):
                     src = acc[p * stride + oh * wp:p * stride + oh * wp + ow_size]
                     dst = out[n0 + p, o, oh]
-                    if has_bias:
-                        b = bias[o]
+                    b = bias[o] if has_bias else -zero  # + (−0.0) leaves every value's bits
+                    if relu:  # np.maximum(v, 0): v unless v <= 0 (NaN kept, ±0.0 -> +0.0)
                         for ow in range(ow_size):
-                            dst[ow] = src[ow] + b
+                            v = src[ow] + b
+                            dst[ow] = zero if v <= zero else v
                     else:
                         for ow in range(ow_size):
-                            dst[ow] = src[ow]
+                            dst[ow] = src[ow] + b
     return out
 
 
@@ -587,7 +590,7 @@ def _samples(n: int, lay: _WideLayout) -> int:
     return max(1, min(lay.samples, -(-n // (2 * get_num_threads()))))
 
 
-def _wide_forward(x, index, val, bias, padding, dilation, groups, out_shape, impl):
+def _wide_forward(x, index, val, bias, padding, dilation, groups, out_shape, relu, impl):
     lay = _wide_layout(index, x.shape, padding, dilation, groups)
     n = x.shape[0]
     samples = _samples(n, lay)
@@ -598,8 +601,8 @@ def _wide_forward(x, index, val, bias, padding, dilation, groups, out_shape, imp
     has_bias = bias is not None
     b = bias if has_bias else np.zeros(0, dtype=x.dtype)
     return _kernel("wide_forward", impl)(xp, index.ptr, lay.chan * rx + lay.shift,
-                                         val, b, has_bias, samples, lay.stride, lay.length,
-                                         lay.wp, row, y)
+                                         val, b, has_bias, relu, y.dtype.type(0), samples,
+                                         lay.stride, lay.length, lay.wp, row, y)
 
 
 def _wide_backward(g, x, index, val, padding, dilation, groups, dx, dval, impl):
@@ -624,8 +627,9 @@ def _wide_backward(g, x, index, val, padding, dilation, groups, dx, dval, impl):
 
 
 def masked_conv2d_forward(x, index: WeightIndex, val, bias, stride, padding, dilation, groups,
-                          out_shape, impl="jit"):
-    """y = conv2d(x, W ⊙ M) (+ bias), visiting only the active weights.
+                          out_shape, impl="jit", relu=False):
+    """y = conv2d(x, W ⊙ M) (+ bias), visiting only the active weights; with ``relu``
+    max(y, 0) as np.maximum.
 
     x (N, C, H, W); ``val`` (nnz,) the active values in index order; bias (O,) or None.
     Returns a new (N, O, OH, OW) array. Holds nothing; workspace: the weight index (built once
@@ -633,13 +637,16 @@ def masked_conv2d_forward(x, index: WeightIndex, val, bias, stride, padding, dil
     one wide output row per sample.
     """
     if _wide(stride, impl):
-        return _wide_forward(x, index, val, bias, padding, dilation, groups, out_shape, impl)
+        return _wide_forward(x, index, val, bias, padding, dilation, groups, out_shape, relu,
+                             impl)
     kh, kw = index.shape[2], index.shape[3]
     y = np.zeros(out_shape, dtype=x.dtype)
     _kernel("forward", impl)(np.ascontiguousarray(x), index.ptr, index.off, val, kh, kw,
                              tuple(stride), tuple(padding), tuple(dilation), int(groups), y)
     if bias is not None:
         y += bias.reshape(1, -1, 1, 1)
+    if relu:
+        np.maximum(y, y.dtype.type(0), out=y)
     return y
 
 

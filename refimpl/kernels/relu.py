@@ -55,7 +55,7 @@ def _backward_naive(g, bits, zero, one, dx):
 def _forward_np(x, zero, y, bits):
     np.maximum(x, zero, out=y)
     # (x > 0) of the input: read after y when y is x is the same, max(x, 0) > 0 iff x > 0
-    bits[...] = np.packbits(y > zero, axis=None, bitorder="little")
+    bits[...] = relu_bitmap(y)
     return y, bits
 
 
@@ -88,6 +88,12 @@ def relu_forward(x: np.ndarray, out: np.ndarray | None = None, impl: str | None 
     bits = np.empty((x.size + 7) // 8, dtype=np.uint8)
     f(x.reshape(-1), x.dtype.type(0), y.reshape(-1), bits)
     return y, bits
+
+
+def relu_bitmap(y: np.ndarray) -> np.ndarray:
+    """The kept bitmap of a ReLU output y = max(x, 0) (its forward already applied, e.g. in a
+    conv's epilogue): (y > 0), which is (x > 0), packed (uint8, ceil(size / 8))."""
+    return np.packbits(y > y.dtype.type(0), axis=None, bitorder="little")
 
 
 def relu_backward(g: np.ndarray, bits: np.ndarray, impl: str | None = None) -> np.ndarray:

@@ -143,18 +143,19 @@ def conv2d_fwd(inputs, p, needs):
     + b[o]. Shapes: x (N, C, H, W), w (O, C/groups, KH, KW) or packed (nnz,), b (O,) ->
     y (N, O, OH, OW)."""
     x, w, b = inputs
+    # with p.relu the kernels return max(y, 0) (np.maximum's values, in their epilogue)
     if p.mask is None:
-        y = K.conv2d_forward(x, w, *p.geometry, impl=p.impl, bias=b)
+        y = K.conv2d_forward(x, w, *p.geometry, impl=p.impl, bias=b, relu=p.relu)
     elif p.masked_impl is not None:
         out_shape = K.conv2d_output_shape(x.shape, p.mask.shape, *p.geometry)
         y = MK.masked_conv2d_forward(x, p.mask.index, _active_values(w, p), b, *p.geometry,
-                                     out_shape, impl=p.masked_impl)
+                                     out_shape, impl=p.masked_impl, relu=p.relu)
     else:
         wd = MK.scatter(_active_values(w, p), p.mask.index)
-        y = K.conv2d_forward(x, wd, *p.geometry, impl=p.dense_impl, bias=b)
+        y = K.conv2d_forward(x, wd, *p.geometry, impl=p.dense_impl, bias=b, relu=p.relu)
     bits = None
     if p.relu:  # ReLU'(0) = 0 (CONV-5): the kept bitmap is (y > 0), as the relu primitive's
-        y, bits = RK.relu_forward(y, out=y, with_bits=any(needs))
+        bits = RK.relu_bitmap(y) if any(needs) else None
         if p.relu_gain != 1.0:  # a positive gain keeps the bitmap: (g·y > 0) = (y > 0)
             y *= y.dtype.type(p.relu_gain)
     xc, cache = _cache_input(x, p.sap, p.shared, needs[1])
