@@ -383,12 +383,14 @@ def cross_entropy(input, target, reduction="mean"):
 
 # ---- normalisation ----------------------------------------------------------------------------
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-05):
+               momentum=0.1, eps=1e-05, relu=False, relu_gain=1.0):
     """Batch normalisation over axis 1, PyTorch semantics.
 
     training=True normalises with the batch mean and biased variance over all axes but 1, and
     updates ``running_mean``/``running_var`` in place (momentum; unbiased variance), when given.
     training=False normalises with the running statistics. Residual: x̂ and 1/std per channel.
+    ``relu``: the ReLU that follows, in the same pass and node: relu_gain · max(y, 0), the
+    values and gradients of ``relu(batch_norm(...), gain=relu_gain)`` (its bitmap kept too).
     """
     x, w, b = value_of(input), value_of(weight), value_of(bias)
     check_float("batch_norm", input=x, weight=w, bias=b)
@@ -401,11 +403,12 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
             raise ValueError(f"batch_norm: expected {name} of shape ({c},), received "
                              f"{np.shape(a)}")
     axes = (0,) + tuple(range(2, x.ndim))
+    gain = _check_gain("batch_norm", relu_gain, relu)
     if isinstance(x, Spec):  # a dry trace: shapes only, no statistics to compute
         if training and x.size // c < 2:
             raise ValueError(f"batch_norm: training needs more than 1 value per channel, "
                              f"received input shape {x.shape}")
-        p = _norm.BatchNormParams(None, None, float(eps), bool(training))
+        p = _norm.BatchNormParams(None, None, float(eps), bool(training), bool(relu), gain)
         return apply(_norm.BATCH_NORM, (input, weight, bias), p)
     if training:
         count = x.size // c
@@ -426,15 +429,16 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm: training=False needs running_mean and running_var")
         m, v = np.asarray(running_mean, dtype=x.dtype), np.asarray(running_var, dtype=x.dtype)
-    p = _norm.BatchNormParams(m, v, float(eps), bool(training))
+    p = _norm.BatchNormParams(m, v, float(eps), bool(training), bool(relu), gain)
     return apply(_norm.BATCH_NORM, (input, weight, bias), p)
 
 
 def batch_norm2d(input, running_mean, running_var, weight=None, bias=None, training=False,
-                 momentum=0.1, eps=1e-05):
+                 momentum=0.1, eps=1e-05, relu=False, relu_gain=1.0):
     """:func:`batch_norm` for NCHW input only."""
     check_ndim("batch_norm2d", "input", value_of(input), 4, "(N, C, H, W)")
-    return batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    return batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                      relu, relu_gain)
 
 
 # ---- NSConv -----------------------------------------------------------------------------------

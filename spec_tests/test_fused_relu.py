@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import refimpl
 from refimpl import functional as F
-from refimpl.core.tape import Tape
+from refimpl.core.tape import Tape, value_of
 from refimpl.ops import conv as C
 
 from .strategies import conv_case, conv_kwargs, seeds
@@ -114,3 +114,40 @@ def test_fused_relu_in_nsconv_equals_its_unfused_twin(seed, density, stats):
     assume((y == 0).any() and (y > 0).any())
     for got, want in zip(vjp(g), vjp0(g)):
         assert np.array_equal(got, want)
+
+
+@given(seeds, st.sampled_from([np.float32, np.float64]), st.booleans(), st.booleans(),
+       st.sampled_from([1.0, 1.7128585504496627]))
+def test_fused_relu_in_batch_norm_equals_its_unfused_twin(seed, dtype, training, affine, gain):
+    """CONV-5 through BatchNorm (evaluation runs them as one node, models/graph.py):
+    batch_norm(relu=True, relu_gain=g) equals relu(batch_norm(), gain=g) bit for bit, in value
+    and in the gradients of x, weight and bias, training and eval; its record keeps the bitmap
+    of (y > 0), 8 per byte."""
+    rng = np.random.default_rng(seed)
+    x = rng.choice(trits, (3, 4, 2, 3)).astype(dtype)  # exact zeros after normalising
+    rm, rv = np.zeros(4, dtype), np.ones(4, dtype)
+    w = rng.choice(trits, 4).astype(dtype) if affine else None
+    b = rng.choice(trits, 4).astype(dtype) if affine else None
+
+    def fused(x, w, b):
+        return F.batch_norm2d(x, rm.copy(), rv.copy(), w, b, training=training, relu=True,
+                              relu_gain=gain)
+
+    def unfused(x, w, b):
+        return F.relu(F.batch_norm2d(x, rm.copy(), rv.copy(), w, b, training=training),
+                      gain=gain)
+
+    args = (x, w, b) if affine else (x,)
+    f = fused if affine else (lambda x: fused(x, None, None))
+    u = unfused if affine else (lambda x: unfused(x, None, None))
+    y, vjp = refimpl.vjp(f, *args)
+    y0, vjp0 = refimpl.vjp(u, *args)
+    assert y.tobytes() == y0.tobytes()
+    g = rng.integers(-3, 4, y.shape).astype(dtype)
+    for got, want in zip(vjp(g), vjp0(g), strict=True):
+        assert got.tobytes() == want.tobytes()
+    tape = Tape()
+    out = F.batch_norm2d(tape.leaf(x), rm.copy(), rv.copy(), training=training, relu=True)
+    (node,) = tape.nodes
+    assert np.array_equal(node.res.relu_bits,
+                          np.packbits(value_of(out).reshape(-1) > 0, bitorder="little"))

@@ -325,14 +325,14 @@ def _relu_twins_match(RK, x, g, n, dtype):
 
 
 @given(st.integers(1, 9), st.integers(1, 5), st.integers(1, 9), st.integers(1, 9), seeds, dtypes,
-       st.booleans(), st.booleans(), st.booleans(), st.floats(0.0, 0.4))
+       st.booleans(), st.booleans(), st.booleans(), st.floats(0.0, 0.4), st.booleans())
 def test_batch_norm_kernels_are_the_numpy_expressions_bit_for_bit(n, c, h, w, seed, dtype,
                                                                   training, affine, with_bias,
-                                                                  p_special):
-    """The one-pass batch-norm kernels (refimpl/kernels/norm.py: x̂ and y; dx), naive and
-    compiled, give the bits of the NumPy expressions of ops/norm.py, with and without weight and
-    bias, training and eval, and with ±0, ±inf, NaN and subnormals in x and g (a NaN result is
-    NaN in both, its payload may differ)."""
+                                                                  p_special, relu):
+    """The one-pass batch-norm kernels (refimpl/kernels/norm.py: x̂ and y, with or without the
+    fused ReLU; dx), naive and compiled, give the bits of the NumPy expressions of ops/norm.py,
+    with and without weight and bias, training and eval, and with ±0, ±inf, NaN and subnormals
+    in x and g (a NaN result is NaN in both, its payload may differ)."""
     from refimpl.kernels import norm as NK
     from refimpl.ops import norm as N
 
@@ -348,7 +348,7 @@ def test_batch_norm_kernels_are_the_numpy_expressions_bit_for_bit(n, c, h, w, se
     wt = rng.standard_normal(c).astype(dtype) if affine else None
     b = rng.standard_normal(c).astype(dtype) if with_bias else None
     m, v = rng.standard_normal(c).astype(dtype), rng.random(c).astype(dtype)
-    p = N.BatchNormParams(m, v, 1e-5, training)
+    p = N.BatchNormParams(m, v, 1e-5, training, relu)
     needs = (True, affine, with_bias)
     view = np.uint32 if dtype == np.float32 else np.uint64
     results = {}

@@ -9,6 +9,7 @@ the same bits; where an operation meets two NaNs, which of them it returns may d
 NumPy's vector loops may swap a product's operands):
 
     forward     x̂ = (x − mean[c]) · invstd[c];  y = x̂ · w[c] + b[c]
+                (with a fused ReLU: y = max(y, 0) as np.maximum, in the same pass)
     input grad  gx = g · w[c];  training: dx = ((gx − m_g[c]) − x̂ · m_gx[c]) · invstd[c]
                 eval: dx = gx · invstd[c]
 
@@ -27,8 +28,10 @@ from . import pick
 __all__ = ["bn_forward", "bn_grad_input"]
 
 
-def _forward_naive(x, mean, invstd, w, b, keep, xhat, y):
-    """x̂ = (x − mean[c]) · invstd[c] (into xhat when ``keep``), y = x̂ · w[c] + b[c]."""
+def _forward_naive(x, mean, invstd, w, b, keep, relu, zero, xhat, y):
+    """x̂ = (x − mean[c]) · invstd[c] (into xhat when ``keep``), y = x̂ · w[c] + b[c], with
+    ``relu`` then max(y, 0) as np.maximum: y unless y <= 0 (one unordered comparison: NaN
+    kept, ±0.0 -> +0.0; ``zero`` is 0 in y's dtype)."""
     n_batch, channels, length = x.shape
     for c in prange(channels):
         m = mean[c]
@@ -43,7 +46,12 @@ def _forward_naive(x, mean, invstd, w, b, keep, xhat, y):
                 for i in range(length):
                     t = (xr[i] - m) * s
                     hr[i] = t
-                    yr[i] = t * wc + bc
+                    v = t * wc + bc
+                    yr[i] = zero if (relu and v <= zero) else v
+            elif relu:
+                for i in range(length):
+                    v = ((xr[i] - m) * s) * wc + bc
+                    yr[i] = zero if v <= zero else v
             else:
                 for i in range(length):
                     yr[i] = ((xr[i] - m) * s) * wc + bc
@@ -83,15 +91,17 @@ def _per_channel(v, c, dtype, fill):
     return np.full(c, fill, dtype=dtype) if v is None else np.ascontiguousarray(v, dtype=dtype)
 
 
-def bn_forward(x, mean, invstd, w, b, keep: bool, impl: str = "jit"):
-    """(x̂ or None, y) of the module docstring's forward, new arrays of x's shape."""
+def bn_forward(x, mean, invstd, w, b, keep: bool, impl: str = "jit", relu: bool = False):
+    """(x̂ or None, y) of the module docstring's forward (``relu``: y rectified), new arrays of
+    x's shape."""
     c = x.shape[1]
     x3 = np.ascontiguousarray(x).reshape(x.shape[0], c, -1)
     y = np.empty(x.shape, dtype=x.dtype)
     xhat = np.empty(x.shape, dtype=x.dtype) if keep else None
     pick("batch_norm", _KERNELS, "forward", impl)(
         x3, mean, invstd, _per_channel(w, c, x.dtype, 1), _per_channel(b, c, x.dtype, -0.0),
-        keep, xhat.reshape(x3.shape) if keep else np.empty((0, 0, 0), dtype=x.dtype),
+        keep, relu, x.dtype.type(0),
+        xhat.reshape(x3.shape) if keep else np.empty((0, 0, 0), dtype=x.dtype),
         y.reshape(x3.shape))
     return xhat, y
 

@@ -215,11 +215,12 @@ def _conv(layer: Conv, params, h, opts, shared=None, relu=False):
                     mask=mask, **kw)
 
 
-def _batch_norm(layer: Conv, model, params, h, train):
+def _batch_norm(layer: Conv, model, params, h, train, relu=False, relu_gain=1.0):
     return F.batch_norm2d(
         h, model.buffers[f"{layer.name}.bn.running_mean"],
         model.buffers[f"{layer.name}.bn.running_var"],
         params[f"{layer.name}.bn.weight"], params[f"{layer.name}.bn.bias"], training=train,
+        relu=relu, relu_gain=relu_gain,
     )
 
 
@@ -236,7 +237,9 @@ def _run(layers, model, params, h, train, opts, shared=None, last="input"):
     a conv or linear by its name, a ReLU or max-pool as ``<previous layer>.relu`` /
     ``.maxpool``, a block's add and closing ReLU as ``<block>.add`` / ``<block>.relu``. A ReLU
     right after a conv is fused into it (one node, in the conv's scope: the same function,
-    one output buffer instead of two)."""
+    one output buffer instead of two). In evaluation (``train`` False) a ReLU after BatchNorm
+    is fused into the normalisation the same way (training keeps them two nodes, the ledger's
+    rows)."""
     fused = False
     for i, layer in enumerate(layers):
         first_shared = shared if i == 0 else None
@@ -250,8 +253,9 @@ def _run(layers, model, params, h, train, opts, shared=None, last="input"):
             with scope(layer.name):
                 h = _conv(layer, params, h, opts, first_shared, fused and layer.norm != "bn")
                 if layer.norm == "bn":
-                    h = _batch_norm(layer, model, params, h, train)
-            if fused and layer.norm == "bn":
+                    h = _batch_norm(layer, model, params, h, train, fused and not train,
+                                    opts.relu_gain)
+            if fused and layer.norm == "bn" and train:
                 with scope(f"{layer.name}.relu"):
                     h = F.relu(h, gain=opts.relu_gain)
             last = layer.name

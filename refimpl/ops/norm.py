@@ -13,6 +13,7 @@ import numpy as np
 from ..core._jit import JIT_ENABLED
 from ..core.tape import Plan, Primitive, Residual, Spec
 from ..kernels import norm as NK
+from ..kernels import relu as RK
 
 #: The kernels of :mod:`refimpl.kernels.norm` (one pass each, the same bits) when Numba compiles;
 #: else the NumPy expressions below.
@@ -25,18 +26,23 @@ class BatchNormParams:
     var: np.ndarray  # biased variance (training) or running variance (eval), shape (C,)
     eps: float
     training: bool  # True: mean/var are batch statistics and depend on x
+    relu: bool = False  # y = relu_gain · max(bn(x), 0), the ReLU in the normalisation's pass
+    relu_gain: float = 1.0
 
 
 @dataclass(eq=False)
 class BatchNormRes(Residual):
     """Normalised input x̂ (same shape as x) and per-channel 1/sqrt(var + eps) (SAP-4); the
-    weight is a reference to the op's operand."""
+    weight is a reference to the op's operand; ``relu_bits``: with a fused ReLU, the packed
+    bitmap of (y > 0) (as :class:`refimpl.ops.elementwise.ReluRes`)."""
 
     operands = {"weight": 1}
     category = "bn"
+    categories = {"relu_bits": "relu_bitmap"}
     xhat: np.ndarray | None
     invstd: np.ndarray
     weight: np.ndarray | None
+    relu_bits: np.ndarray | None = None
 
 
 def _bshape(x: np.ndarray) -> tuple[int, ...]:
@@ -51,14 +57,15 @@ def _one_dtype(*arrays) -> bool:
 
 
 def batch_norm_fwd(inputs, p, needs):
-    """y = (x - mean) * invstd * weight + bias, per channel."""
+    """y = (x - mean) * invstd * weight + bias, per channel; with ``p.relu`` then
+    relu_gain · max(y, 0) (CONV-5: the kept bitmap is (y > 0))."""
     x, weight, bias = inputs
     bs = _bshape(x)
     invstd = (1.0 / np.sqrt(p.var + p.eps)).astype(x.dtype)
     keep_xhat = any(needs) and (needs[1] or (needs[0] and p.training))
     if KERNELS and _one_dtype(x, p.mean, weight, bias):  # one pass (refimpl.kernels.norm)
         xhat, y = NK.bn_forward(x, p.mean.astype(x.dtype, copy=False), invstd, weight, bias,
-                                keep_xhat)
+                                keep_xhat, relu=p.relu)
     else:
         # The same operations in the same order as (x - mean) * invstd * weight + bias, in place
         # where a full-size temporary would otherwise be made.
@@ -67,16 +74,27 @@ def batch_norm_fwd(inputs, p, needs):
         y = xhat * weight.reshape(bs) if weight is not None else xhat.copy()
         if bias is not None:
             y += bias.reshape(bs)
+        if p.relu:
+            np.maximum(y, y.dtype.type(0), out=y)
+    bits = None
+    if p.relu:
+        bits = RK.relu_bitmap(y) if any(needs) else None
+        if p.relu_gain != 1.0:  # a positive gain keeps the bitmap: (g·y > 0) = (y > 0)
+            y *= y.dtype.type(p.relu_gain)
     res = None
     if any(needs):
         res = BatchNormRes(
             xhat if keep_xhat else None, invstd,
-            weight if (needs[0] and weight is not None) else None,
+            weight if (needs[0] and weight is not None) else None, bits,
         )
     return y, res
 
 
 def batch_norm_vjp(res, g, p, needs):
+    if p.relu:
+        g = RK.relu_backward(g, res.relu_bits)  # g · (y > 0), a multiply (kernels/relu.py)
+        if p.relu_gain != 1.0:
+            g *= g.dtype.type(p.relu_gain)
     axes = (0,) + tuple(range(2, g.ndim))
     bs = (1, g.shape[1]) + (1,) * (g.ndim - 2)
     kernels = KERNELS and _one_dtype(g, res.xhat, res.weight, res.invstd)
@@ -117,7 +135,8 @@ def batch_norm_plan(specs, p, needs):
         keep_xhat = needs[1] or (needs[0] and p.training)
         res = BatchNormRes(Spec(x.shape, x.dtype) if keep_xhat else None,
                            Spec((x.shape[1],), x.dtype),
-                           weight if (needs[0] and weight is not None) else None)
+                           weight if (needs[0] and weight is not None) else None,
+                           Spec(((x.size + 7) // 8,), np.uint8) if p.relu else None)
     return Plan(Spec(x.shape, x.dtype), res)
 
 
