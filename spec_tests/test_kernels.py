@@ -123,8 +123,8 @@ def test_masked_kernels_agree_with_dense_on_masked_weight(cfg, seed, dtype, dens
 
 @given(conv_case(max_batch=9, stride1=True), seeds, dtypes, st.sampled_from([0.1, 0.5, 1.0]))
 def test_wide_rows_kernels_are_the_loops_bit_for_bit(cfg, seed, dtype, density):
-    """The stride-1 "wide rows" kernels (four terms per pass, samples stacked end to end, a
-    transposed index for the input gradient) add every output's terms in the order of the
+    """The stride-1 "wide rows" kernels (eight or four terms per pass, samples stacked end to
+    end, a transposed index for the input gradient) add every output's terms in the order of the
     general loops: the forward and the input gradient are bit-identical to the naive general
     loops, and every wide kernel's naive twin (interpreted) is bit-identical to its compiled
     version; the forward's ReLU epilogue gives np.maximum's bytes; the weight gradient agrees
