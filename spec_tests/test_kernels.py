@@ -266,7 +266,9 @@ def test_max_pool_kernels_agree_with_numpy_twin(cfg, seed, dtype, ties):
 def test_max_pool_2x2_kernel_is_the_general_loops(n, c, h, w, seed, dtype, ties):
     """CONV-5: the 2x2/stride-2 forward (the model zoo's pool, compiled and as its interpreted
     twin) picks the same first maximum and value as the general loops, bit for bit, with exact
-    ties, NaN (never selected), -inf and odd sizes (a last row or column no window covers)."""
+    ties, NaN (never selected), -inf and odd sizes (a last row or column no window covers); its
+    backward routes the cotangent (with −0.0, NaN and inf) to the same positions with the same
+    bits as the general loops."""
     from refimpl.kernels import pool as PK
 
     rng = np.random.default_rng(seed)
@@ -282,6 +284,14 @@ def test_max_pool_2x2_kernel_is_the_general_loops(n, c, h, w, seed, dtype, ties)
         assert y.tobytes() == y0.tobytes() and np.array_equal(a, a0)
     y, a = PK.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), oh, ow, impl="jit")
     assert y.tobytes() == y0.tobytes() and np.array_equal(a, a0)
+    g = rng.standard_normal(y0.shape).astype(dtype)
+    g.flat[rng.integers(0, g.size, 3)] = [-0.0, np.nan, np.inf]
+    dx0 = PK.max_pool2d_backward(g, a0, x.shape, (2, 2), (2, 2), (0, 0), (1, 1), impl="naive")
+    for impl in ("naive", "jit"):
+        dx = PK._KERNELS["backward_2x2"][impl](g, a0, dtype(0), np.empty_like(x))
+        assert dx.tobytes() == dx0.tobytes(), impl
+    dx = PK.max_pool2d_backward(g, a0, x.shape, (2, 2), (2, 2), (0, 0), (1, 1), impl="jit")
+    assert dx.tobytes() == dx0.tobytes()
 
 
 _SPECIALS = (0.0, -0.0, np.nan, -np.nan, np.inf, -np.inf, 1e-40, -1e-40, 1.0, -1.0)

