@@ -415,10 +415,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         if count < 2:
             raise ValueError(f"batch_norm: training needs more than 1 value per channel, "
                              f"received input shape {x.shape}")
-        m = np.mean(x, axis=axes)
-        d = x - m.reshape((1, c) + (1,) * (x.ndim - 2))
-        v = np.mean(np.square(d, out=d), axis=axes)  # in place: one full-size temporary
-        del d
+        m, v = _norm.batch_stats(x, axes)
         if running_mean is not None:
             running_mean *= 1 - momentum
             running_mean += momentum * m

@@ -11,7 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from refimpl import functional as F
@@ -391,3 +391,57 @@ def test_batch_norm_kernels_are_the_numpy_expressions_bit_for_bit(n, c, h, w, se
             nan = np.isnan(ref)
             assert np.array_equal(np.isnan(got), nan), impl
             assert np.array_equal(got.view(view)[~nan], ref.view(view)[~nan]), impl
+
+
+@given(st.integers(1, 9), st.integers(1, 5), st.integers(1, 12), st.integers(1, 12), seeds,
+       dtypes, st.floats(0.0, 0.3), st.booleans(), st.booleans(), st.booleans(), st.booleans())
+def test_batch_norm_sums_are_numpys_bit_for_bit(n, c, h, w, seed, dtype, p_special, affine,
+                                                training, want_w, want_b):
+    """The batch-norm statistics and gradient sums compiled in NumPy's order
+    (refimpl/kernels/sums.py, kernels/norm.py), naive and compiled, give the bits of np.mean and
+    np.sum over every axis but 1: the batch mean, the mean of np.square(x − mean), and Σgx,
+    Σgx·x̂, Σg·x̂, Σg with gx = g·w; with ±0, ±inf, NaN and subnormals (a NaN sum is NaN in both).
+    Where NumPy's iterator would join or split the rows (one channel, rows of one entry) the
+    kernels are not used (sums_apply), and the ops path gives NumPy's bits there too."""
+    from refimpl.kernels import norm as NK
+    from refimpl.ops import norm as N
+
+    rng = np.random.default_rng(seed)
+
+    def draw(*shape):
+        a = (rng.standard_normal(shape) * 10.0 ** rng.integers(-3, 4, shape)).astype(dtype)
+        pick = rng.random(shape) < p_special
+        a[pick] = np.array(_SPECIALS, dtype=dtype)[rng.integers(0, len(_SPECIALS), pick.sum())]
+        return a
+
+    x, g, xhat = draw(n, c, h, w), draw(n, c, h, w), draw(n, c, h, w)
+    wt = draw(c) if affine else None
+    axes = (0, 2, 3)
+    view = np.uint32 if dtype == np.float32 else np.uint64
+
+    def same(got, ref):
+        nan = np.isnan(ref)
+        assert np.array_equal(np.isnan(got), nan)
+        assert np.array_equal(got.view(view)[~nan], ref.view(view)[~nan])
+
+    with np.errstate(all="ignore"):
+        m_ref = np.mean(x, axis=axes)
+        v_ref = np.mean(np.square(x - m_ref.reshape(1, c, 1, 1)), axis=axes)
+        gx = g * wt.reshape(1, c, 1, 1) if affine else g
+        refs = (np.mean(gx, axis=axes) if training else None,
+                np.mean(gx * xhat, axis=axes) if training else None,
+                np.sum(g * xhat, axis=axes) if want_w else None,
+                np.sum(g, axis=axes) if want_b else None)
+        for got, ref in zip(N.batch_stats(x, axes), (m_ref, v_ref), strict=True):
+            same(got, ref)
+        if not NK.sums_apply(x):
+            assume(False)  # the kernels do not run on this shape (checked above: NumPy's path)
+        for impl in ("naive", "jit"):
+            m = NK.channel_means(x, impl=impl)
+            same(m, m_ref)
+            same(NK.channel_means(x, m_ref, impl=impl), v_ref)
+            got = NK.grad_sums(g, xhat, wt, training, want_w, want_b, impl=impl)
+            for a, ref in zip(got, refs, strict=True):
+                assert (a is None) == (ref is None)
+                if ref is not None:
+                    same(a, ref)

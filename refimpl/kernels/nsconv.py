@@ -15,11 +15,10 @@ operations in the same order, channel by channel, so every twin gives the same b
 with a, m the averaging set and the mask as 0/1 in the weights' dtype (a = 1 in stats mode
 ``dense``), and the per-channel safe count, scale factor sf and r³ computed by ops/nsconv.py in
 NumPy (one formula, one place). Every Σ is NumPy's own summation order for a row,
-:func:`_row_sum_naive`: 0 plus its pairwise sum (blocks of at most 128 entries summed with
-eight running sums, larger rows split in two at a multiple of 8), so the sums are bit-identical
-to ``np.sum(..., axis=1)``. The packed layout (``Ŵ`` as its active values in index order, and
-``G`` likewise) is read and written in the same pass (C order of (o, c, i, j): the weight
-index's order).
+:func:`_row_sum_naive`: 0 plus its pairwise sum (:mod:`refimpl.kernels.sums`), so the sums are
+bit-identical to ``np.sum(..., axis=1)``. The packed layout (``Ŵ`` as its active values in
+index order, and ``G`` likewise) is read and written in the same pass (C order of (o, c, i, j):
+the weight index's order).
 
 Twins: the NumPy expressions of ops/nsconv.py (the oracle, and the path for the compat modes);
 ``naive`` (these loops, interpreted) and ``jit`` (compiled). Sequential: a layer's weights are
@@ -28,78 +27,20 @@ small (at most a few hundred thousand entries) and every channel holds three sum
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
 
 from ..core._jit import njit
 from . import pick
+from .sums import STACK, interpreted, pairwise
 
-__all__ = ["IMPLS", "STACK", "standardize", "standardize_grad"]
+__all__ = ["IMPLS", "row_sum", "standardize", "standardize_grad"]
 
 IMPLS = ("naive", "jit")
-#: Frames of :func:`_row_sum_naive`'s explicit stack: each split adds two, and a row of n
-#: entries splits about log2(n / 128) times deep.
-STACK = 128
-_BLOCK = 128  # NumPy's pairwise block (PW_BLOCKSIZE)
 
 
 def _row_sum_naive(a, n, zero, stk, vals):
-    """0 + NumPy's pairwise sum of a[0:n] (numpy/_core/src/umath/loops_utils.h.src): a block of
-    at most 128 entries is summed with eight running sums (fewer than 8 entries: in order), a
-    longer range is split at half its length rounded down to a multiple of 8 and its halves
-    added. The recursion runs on an explicit stack (stk int64 (STACK, 3): start, length, state;
-    vals (STACK,) in a's dtype), so the compiled kernels call no recursive function."""
-    sp = 0
-    vp = 0
-    stk[0, 0] = 0
-    stk[0, 1] = n
-    stk[0, 2] = 0
-    while sp >= 0:
-        lo = stk[sp, 0]
-        m = stk[sp, 1]
-        if m <= _BLOCK:
-            if m < 8:
-                res = zero
-                for i in range(m):
-                    res = res + a[lo + i]
-            else:
-                r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
-                r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
-                i = 8
-                while i < m - m % 8:
-                    r0 = r0 + a[lo + i]
-                    r1 = r1 + a[lo + i + 1]
-                    r2 = r2 + a[lo + i + 2]
-                    r3 = r3 + a[lo + i + 3]
-                    r4 = r4 + a[lo + i + 4]
-                    r5 = r5 + a[lo + i + 5]
-                    r6 = r6 + a[lo + i + 6]
-                    r7 = r7 + a[lo + i + 7]
-                    i += 8
-                res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-                while i < m:
-                    res = res + a[lo + i]
-                    i += 1
-            vals[vp] = res
-            vp += 1
-            sp -= 1
-        elif stk[sp, 2] == 0:  # split: the second half below the first, so the first runs first
-            stk[sp, 2] = 1
-            half = m // 2
-            half -= half % 8
-            stk[sp + 1, 0] = lo + half
-            stk[sp + 1, 1] = m - half
-            stk[sp + 1, 2] = 0
-            stk[sp + 2, 0] = lo
-            stk[sp + 2, 1] = half
-            stk[sp + 2, 2] = 0
-            sp += 2
-        else:  # both halves done: first + second
-            vals[vp - 2] = vals[vp - 2] + vals[vp - 1]
-            vp -= 1
-            sp -= 1
-    return zero + vals[0]
+    """0 + NumPy's pairwise sum of a[0:n]: ``np.sum`` of a row (:mod:`refimpl.kernels.sums`)."""
+    return zero + pairwise(a, n, zero, stk, vals)
 
 
 def _standardize_naive(w, mask, over_active, gain, safe, sf, eps, zero, one, packed, what,
@@ -184,19 +125,18 @@ def _standardize_grad_naive(w, mask, over_active, gain, safe, sf, r, r3, unclamp
     return p
 
 
+_row_sum = njit(_row_sum_naive)  # what the compiled kernels call
+
+
 def _interpreted(f):
-    """``f`` whose call of the row sum is the interpreted loop (the naive twin calls no compiled
-    code); the compiled kernels call the compiled row sum."""
-    names = dict(f.__globals__)
-    names["_row_sum"] = _row_sum_naive
-    twin = types.FunctionType(f.__code__, names, f.__name__, f.__defaults__, f.__closure__)
-    twin.__doc__ = f.__doc__
+    """``f`` calling the interpreted row sum (the naive twin calls no compiled code)."""
+    twin = interpreted(f)
+    twin.__globals__["_row_sum"] = interpreted(_row_sum_naive)
     return twin
 
 
-_row_sum = njit(_row_sum_naive)
 _KERNELS = {
-    "row_sum": {"naive": _row_sum_naive, "jit": _row_sum},
+    "row_sum": {"naive": interpreted(_row_sum_naive), "jit": _row_sum},
     "standardize": {"naive": _interpreted(_standardize_naive), "jit": njit(_standardize_naive)},
     "standardize_grad": {"naive": _interpreted(_standardize_grad_naive),
                          "jit": njit(_standardize_grad_naive)},

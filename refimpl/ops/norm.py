@@ -56,6 +56,19 @@ def _one_dtype(*arrays) -> bool:
     return len(dts) == 1
 
 
+def batch_stats(x: np.ndarray, axes) -> tuple[np.ndarray, np.ndarray]:
+    """The batch mean and biased variance over ``axes`` (every axis but 1): np.mean(x) and
+    np.mean(np.square(x − mean)), by the compiled sums where they give NumPy's bits, else by
+    NumPy (one full-size temporary for the deviations)."""
+    if KERNELS and NK.sums_apply(x):
+        m = NK.channel_means(x)
+        return m, NK.channel_means(x, m)
+    m = np.mean(x, axis=axes)
+    d = x - m.reshape((1, x.shape[1]) + (1,) * (x.ndim - 2))
+    v = np.mean(np.square(d, out=d), axis=axes)  # in place: one full-size temporary
+    return m, v
+
+
 def batch_norm_fwd(inputs, p, needs):
     """y = (x - mean) * invstd * weight + bias, per channel; with ``p.relu`` then
     relu_gain · max(y, 0) (CONV-5: the kept bitmap is (y > 0))."""
@@ -100,6 +113,15 @@ def batch_norm_vjp(res, g, p, needs):
     kernels = KERNELS and _one_dtype(g, res.xhat, res.weight, res.invstd)
     dx = dw = db = None
     t = None  # one full-size scratch for the products, reused (same values, fewer temporaries)
+    train_sums = needs[0] and p.training
+    if kernels and NK.sums_apply(g) and (res.xhat is None or (
+            res.xhat.shape == g.shape and NK.sums_apply(res.xhat))):
+        # every sum in one pass, NumPy's bits (kernels/norm.py); then dx in one more
+        m_g, m_gx, dw, db = NK.grad_sums(g, res.xhat, res.weight, train_sums, needs[1], needs[2])
+        if needs[0]:
+            dx = NK.bn_grad_input(g, res.xhat if p.training else None, res.weight, res.invstd,
+                                  m_g, m_gx, p.training)
+        return dx, dw, db
     if needs[0]:
         m_g = m_gx = None
         if p.training:
