@@ -253,8 +253,9 @@ def _run(layers, model, params, h, train, opts, shared=None, last="input"):
             with scope(layer.name):
                 h = _conv(layer, params, h, opts, first_shared, fused and layer.norm != "bn")
                 if layer.norm == "bn":
-                    h = _batch_norm(layer, model, params, h, train, fused and not train,
-                                    opts.relu_gain)
+                    in_bn = fused and not train  # evaluation: the ReLU in the normalisation
+                    h = _batch_norm(layer, model, params, h, train, in_bn,
+                                    opts.relu_gain if in_bn else 1.0)
             if fused and layer.norm == "bn" and train:
                 with scope(f"{layer.name}.relu"):
                     h = F.relu(h, gain=opts.relu_gain)
