@@ -43,6 +43,21 @@ def _row_sum_naive(a, n, zero, stk, vals):
     return zero + pairwise(a, n, zero, stk, vals)
 
 
+def _centre_naive(w, mask, o, every, safe, zero, one, crow, scratch, stk, vals):
+    """Channel o's centred weights c = (W − μ)·a into crow (μ = Σ(W·a) / safe, a = 1 on the
+    averaging set: every entry, or the mask's); returns the set's size."""
+    fan = w.shape[1]
+    count = 0
+    for k in range(fan):
+        a = one if (mask[o, k] | every) else zero
+        scratch[k] = w[o, k] * a
+        count += a == one
+    mu = _row_sum(scratch, fan, zero, stk, vals) / safe
+    for k in range(fan):
+        crow[k] = (w[o, k] - mu) * (one if (mask[o, k] | every) else zero)
+    return count
+
+
 def _standardize_naive(w, mask, over_active, gain, safe, sf, eps, zero, one, packed, what,
                        r, unclamped, crow, scratch, stk, vals):
     """Ŵ of the module docstring. w (O, F); mask (O, F) bool; ``over_active``: the averaging set
@@ -51,19 +66,12 @@ def _standardize_naive(w, mask, over_active, gain, safe, sf, eps, zero, one, pac
     are written; crow, scratch (F,) workspace. Returns how many active entries it met (the
     packed length when they agree)."""
     c_out, fan = w.shape
-    every = not over_active  # the averaging set: every entry, or the mask's
+    every = not over_active
     p = 0
     for o in range(c_out):
-        count = 0  # the averaging set's size
+        count = _centre(w, mask, o, every, safe[o], zero, one, crow, scratch, stk, vals)
         for k in range(fan):
-            a = one if (mask[o, k] | every) else zero
-            scratch[k] = w[o, k] * a
-            count += a == one
-        mu = _row_sum(scratch, fan, zero, stk, vals) / safe[o]
-        for k in range(fan):
-            c = (w[o, k] - mu) * (one if (mask[o, k] | every) else zero)
-            crow[k] = c
-            scratch[k] = c * c
+            scratch[k] = crow[k] * crow[k]
         v = _row_sum(scratch, fan, zero, stk, vals) * sf[o]
         ro = np.sqrt(v if (v >= eps or v != v) else eps)  # np.maximum(v, ε): NaN stays NaN
         r[o] = ro
@@ -87,19 +95,12 @@ def _standardize_grad_naive(w, mask, over_active, gain, safe, sf, r, r3, unclamp
     active values in index order when ``packed``; r3 = r³ (NumPy's power, per channel); crow,
     grow, scratch (F,) workspace. Returns how many active entries it met."""
     c_out, fan = w.shape
-    every = not over_active  # the averaging set: every entry, or the mask's
+    every = not over_active
     p = 0
     for o in range(c_out):
-        count = 0
-        for k in range(fan):
-            a = one if (mask[o, k] | every) else zero
-            scratch[k] = w[o, k] * a
-            count += a == one
-        mu = _row_sum(scratch, fan, zero, stk, vals) / safe[o]
+        count = _centre(w, mask, o, every, safe[o], zero, one, crow, scratch, stk, vals)
         for k in range(fan):
             on = mask[o, k]
-            c = (w[o, k] - mu) * (one if (on | every) else zero)
-            crow[k] = c
             gv = zero  # G scattered: +0.0 off the mask
             if not packed:
                 gv = gw[o, k]
@@ -109,7 +110,7 @@ def _standardize_grad_naive(w, mask, over_active, gain, safe, sf, r, r3, unclamp
                 p += 1
             gm = gv * (one if on else zero)
             grow[k] = gm
-            scratch[k] = gm * c
+            scratch[k] = gm * crow[k]
         gc = _row_sum(scratch, fan, zero, stk, vals)
         ro = r[o]
         g = gain[o]
@@ -126,12 +127,17 @@ def _standardize_grad_naive(w, mask, over_active, gain, safe, sf, r, r3, unclamp
 
 
 _row_sum = njit(_row_sum_naive)  # what the compiled kernels call
+_centre = njit(_centre_naive)
 
 
 def _interpreted(f):
-    """``f`` calling the interpreted row sum (the naive twin calls no compiled code)."""
+    """``f`` calling the interpreted helpers (the naive twin calls no compiled code)."""
     twin = interpreted(f)
-    twin.__globals__["_row_sum"] = interpreted(_row_sum_naive)
+    row_sum = interpreted(_row_sum_naive)
+    centre = interpreted(_centre_naive)
+    centre.__globals__["_row_sum"] = row_sum
+    twin.__globals__["_row_sum"] = row_sum
+    twin.__globals__["_centre"] = centre
     return twin
 
 
