@@ -1,7 +1,8 @@
 """Compute kernels: dense convolution (:mod:`.conv`), masked convolution over a weight index
 (:mod:`.masked_conv`), max-pooling (:mod:`.pool`), ReLU (:mod:`.relu`), batch norm's elementwise
-passes (:mod:`.norm`), NSConv's weight standardisation (:mod:`.nsconv`) and the SAP cache's
-selection, encode and decode (:mod:`.cache`).
+passes and sums (:mod:`.norm`), NSConv's weight standardisation (:mod:`.nsconv`), the SAP
+cache's selection, encode and decode (:mod:`.cache`), and NumPy's summation order as a loop the
+compiled kernels share (:mod:`.sums`).
 
 One convention for every kernel (STYLE 3, 10): a plain loop function ``<op>_naive`` (C-shaped,
 explicit buffers and bounds, calling no compiled code: the oracle), the same function compiled
