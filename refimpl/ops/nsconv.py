@@ -149,16 +149,24 @@ def _kernels(p: StandardizeParams, *arrays) -> bool:
             and arrays[0].dtype in (np.float32, np.float64))
 
 
+def _kernel_args(w: np.ndarray, p: StandardizeParams):
+    """The leading arguments of both kernels: W and its mask as (C_out, fan_in), whether the
+    averaging set is the mask, and the per-channel divisor and scale factor (the formulas of
+    :func:`_counts` and :func:`_scale_factor`, in NumPy)."""
+    o = w.shape[0]
+    count, safe = _counts(w, p)
+    return (w.reshape(o, -1), p.mask.mask.reshape(o, -1), p.stats in _OVER_ACTIVE, safe,
+            _scale_factor(count, w[0].size, p, w.dtype))
+
+
 def standardize_fwd(inputs, p, needs):
     """Ŵ = g · (W − μ) / sqrt(max(s² S, ε)) ⊙ M per output channel; shape of W."""
     w, gain = inputs
     fan_in = w[0].size
     if _kernels(p, w, gain):  # the same operations, channel by channel (kernels/nsconv.py)
-        o = w.shape[0]
-        count, safe = _counts(w, p)
-        what, r, unclamped = NK.standardize(
-            w.reshape(o, -1), p.mask.mask.reshape(o, -1), p.stats in _OVER_ACTIVE, gain, safe,
-            _scale_factor(count, fan_in, p, w.dtype), p.eps, p.packed, p.mask.nnz)
+        w2, m2, over_active, safe, sf = _kernel_args(w, p)
+        what, r, unclamped = NK.standardize(w2, m2, over_active, gain, safe, sf, p.eps, p.packed,
+                                            p.mask.nnz)
         res = StandardizeRes(w, gain, r, unclamped) if any(needs) else None
         return (what if p.packed else what.reshape(w.shape)), res
     with np.errstate(invalid="ignore", divide="ignore"):  # method 1's NaN is deliberate
@@ -179,11 +187,10 @@ def standardize_vjp(res, g, p, needs):
     o, fan_in = w.shape[0], w[0].size
     raw = _raw(p)
     if _kernels(p, w, gain, g):
-        count, safe = _counts(w, p)
-        dw2, dgain = NK.standardize_grad(
-            w.reshape(o, -1), p.mask.mask.reshape(o, -1), p.stats in _OVER_ACTIVE, gain, safe,
-            _scale_factor(count, fan_in, p, w.dtype), r, r**3, res.unclamped,
-            g if p.packed else g.reshape(o, -1), p.packed)
+        w2, m2, over_active, safe, sf = _kernel_args(w, p)
+        dw2, dgain = NK.standardize_grad(w2, m2, over_active, gain, safe, sf, r, r**3,
+                                         res.unclamped, g if p.packed else g.reshape(o, -1),
+                                         p.packed)
         return (dw2.reshape(w.shape) if needs[0] else None), (dgain if needs[1] else None)
     with np.errstate(invalid="ignore", divide="ignore"):
         a, count, c, _ = _centre(w, p)
