@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from refimpl import sap as S
+from refimpl.core._jit import njit, popcount, trailing_zeros
 from refimpl.kernels import cache as K
 
 DTYPES = (np.float32, np.float64)
@@ -314,3 +315,59 @@ def test_dense_cache_with_nothing_dropped_is_the_input_itself():
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     cache = S.prune_and_encode(x, S.SapPolicy.make(0.0, "auto"))
     assert cache.fmt == "dense" and cache.dense is x
+
+
+_WORDS = (np.uint8, np.uint16, np.uint32, np.uint64)
+
+
+def _bit_ops(a, tz, pc):
+    """Per word of ``a``: trailing zeros (−1 for a zero word, which the functions exclude) and
+    popcount."""
+    for i in range(a.shape[0]):
+        if a[i] != 0:
+            tz[i] = trailing_zeros(a[i])
+        else:
+            tz[i] = -1
+        pc[i] = popcount(a[i])
+    return tz
+
+
+_bit_ops_jit = njit(_bit_ops)
+
+
+@given(st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=50), st.sampled_from(_WORDS))
+def test_bit_word_functions_compiled_match_their_definition(values, word):
+    """The compiled trailing_zeros and popcount (LLVM cttz, ctpop) that the cache kernels walk
+    set bits with are their Python definitions, for every unsigned width."""
+    bits = 8 * np.dtype(word).itemsize
+    a = np.array([v % (1 << bits) for v in values] + [1, 1 << (bits - 1), (1 << bits) - 1],
+                 dtype=word)
+    expected_tz = [(int(v) & -int(v)).bit_length() - 1 if v else -1 for v in a]
+    expected_pc = [bin(int(v)).count("1") for v in a]
+    for f in (_bit_ops, _bit_ops_jit):
+        tz, pc = np.empty(a.size, np.int64), np.empty(a.size, np.int64)
+        f(a, tz, pc)
+        assert tz.tolist() == expected_tz
+        assert pc.tolist() == expected_pc
+
+
+@given(st.integers(1, 3000), st.integers(0, 2**31 - 1), st.sampled_from(DTYPES),
+       st.floats(0.0, 1.0))
+def test_select_bits_every_split_and_tail(numel, seed, dtype, frac):
+    """select_bits' three loops (>= before the byte that holds last + 1, > after it, both tests
+    in that byte and in the tail byte) give |x| > t plus the ties at indices <= last, for
+    every position of ``last`` (byte boundaries included) and every tail length."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-3, 4, numel).astype(dtype)  # many ties
+    view, abs_mask, _ = K._BITS[np.dtype(dtype).itemsize]
+    u = x.view(view)
+    a = u & abs_mask
+    t = int(a[int(rng.integers(0, numel))])
+    last = int(frac * (numel + 2)) - 1  # -1 .. numel
+    idx = np.arange(numel)
+    expected = np.packbits((a > t) | ((a == t) & (idx <= last)), bitorder="little")
+    for impl in ("jit", "naive") if numel <= 400 else ("jit",):
+        bits = np.full((numel + 7) // 8, 0xAB, dtype=np.uint8)
+        kept = K._kernel("select_bits", impl)(u, abs_mask, t, last, bits)
+        np.testing.assert_array_equal(bits, expected, err_msg=impl)
+        assert kept == int(np.unpackbits(expected, bitorder="little").sum())

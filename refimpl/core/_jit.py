@@ -157,6 +157,63 @@ def _serial_twin(f):
     return twin
 
 
+# ---- bit operations on machine words (C: __builtin_ctzll, __builtin_popcountll) ---------------
+def trailing_zeros(m) -> int:
+    """The index of the lowest set bit of a NONZERO unsigned word m (np.uint8..np.uint64):
+    the number of trailing zero bits. Compiled, it is one instruction (LLVM cttz); a kernel
+    that walks the set bits of a word (``m &= m - 1``) then costs per set bit, not per bit."""
+    v = int(m)
+    return (v & -v).bit_length() - 1
+
+
+def popcount(m) -> int:
+    """The number of set bits of an unsigned word m (compiled: LLVM ctpop)."""
+    return int(m).bit_count()
+
+
+if _numba is not None:
+    from llvmlite import ir as _ir
+    from numba.core import types as _types
+    from numba.extending import intrinsic as _intrinsic
+    from numba.extending import overload as _overload
+
+    def _to_int64(builder, value, width):
+        return builder.zext(value, _ir.IntType(64)) if width < 64 else value
+
+    @_intrinsic
+    def _cttz(typingctx, m):
+        if not isinstance(m, _types.Integer) or m.signed:
+            return None
+
+        def codegen(context, builder, sig, args):  # flag 1: a zero input is undefined
+            r = builder.cttz(args[0], _ir.Constant(_ir.IntType(1), 1))
+            return _to_int64(builder, r, m.bitwidth)
+
+        return _types.int64(m), codegen
+
+    @_intrinsic
+    def _ctpop(typingctx, m):
+        if not isinstance(m, _types.Integer) or m.signed:
+            return None
+
+        def codegen(context, builder, sig, args):
+            return _to_int64(builder, builder.ctpop(args[0]), m.bitwidth)
+
+        return _types.int64(m), codegen
+
+    @_overload(trailing_zeros)
+    def _trailing_zeros_compiled(m):
+        if isinstance(m, _types.Integer) and not m.signed:
+            return lambda m: _cttz(m)
+        return None
+
+    @_overload(popcount)
+    def _popcount_compiled(m):
+        if isinstance(m, _types.Integer) and not m.signed:
+            return lambda m: _ctpop(m)
+        return None
+
+
 def set_num_threads(n: int) -> None:
     """Set the number of threads numba's parallel kernels use (no-op without numba)."""
     if JIT_ENABLED:

@@ -13,6 +13,8 @@ with :func:`pick`, which refuses an unknown ``impl`` with the valid choices.
 
 from __future__ import annotations
 
+import types
+
 IMPL_NAMES = ("naive", "np", "jit")
 
 
@@ -24,3 +26,14 @@ def pick(family: str, table: dict, op: str, impl: str):
         raise ValueError(f"{family}: unknown kernel impl {impl!r} for {op}; valid: "
                          f"{', '.join(k for k in IMPL_NAMES if k in twins)}")
     return twins[impl]
+
+
+def rebind(f, **helpers):
+    """``f`` with the module-level helpers it calls replaced by ``helpers`` (name -> function):
+    a kernel's compiled build calls the compiled helpers, its ``naive`` twin the loop functions,
+    so the oracle runs no compiled code."""
+    names = dict(f.__globals__)
+    names.update(helpers)
+    twin = types.FunctionType(f.__code__, names, f.__name__, f.__defaults__, f.__closure__)
+    twin.__doc__ = f.__doc__
+    return twin

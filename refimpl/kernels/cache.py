@@ -10,6 +10,11 @@ mask is the bitmap format's first buffer; the formats are then single passes ove
     bitmap  the mask + compact: values (k,) = kept entries in ascending i
     index   compact with index: index (k,) uint8/16/32 ascending + values (k,)
 
+compact and the bitmap decode count the mask's bits first (popcount), then walk the set bits
+of each 64-entry word lowest first (``trailing_zeros``, ``m &= m - 1``): their cost follows
+the kept entries, not numel (:func:`refimpl.core._jit.trailing_zeros`, C's
+``__builtin_ctzll``).
+
 Selection in linear time, without sorting:
 
 - ``jit`` / ``naive``: a radix select on the IEEE-754 bits. With the sign bit cleared, a finite
@@ -17,7 +22,8 @@ Selection in linear time, without sorting:
   >= the pattern of inf (so the same passes reject them). The threshold t (the k-th largest
   pattern) is found in a bracket [lo, hi] of patterns: one branch-free pass counts the entries
   above hi and the exact zeros and flags the nonzero entries inside (the candidates), a second
-  gathers the flagged indices (skipping 8 empty flags at a time), and t is resolved on the
+  gathers the flagged indices (64 flags packed into one word whose set bits it walks with
+  ``trailing_zeros``), and t is resolved on the
   candidates only, 11 bits per round, with how many entries equal to t are kept (the lowest
   indices: ``last`` is the index of the last kept one). When the bracket reaches down to 0 and t
   is 0 (a ReLU output at γ below its zero fraction), every nonzero entry is kept plus the first
@@ -43,11 +49,12 @@ the byte layout for C readers is in docs/cache_format.md.
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
-from ..core._jit import njit
-from . import pick
+from ..core._jit import njit, popcount, trailing_zeros
+from . import pick, rebind
 
 __all__ = ["IMPLS", "keep_bits", "unpack", "masked_copy", "compact", "decode_bitmap",
            "decode_index"]
@@ -114,20 +121,35 @@ def _scan_naive(u, abs_mask, lo, hi, flags):
 
 
 def _gather_naive(flags, words, cand):
-    """cand (m,) = the flagged indices, ascending. ``words`` views the flags 8 bytes at a time
-    (flags[:8·len(words)]): a word of zeros skips 8 entries at once, so the pass costs little
-    when candidates are few. Returns how many it found (cand's length when they agree)."""
+    """cand (m,) = the flagged indices (flags: 0/1 bytes), ascending. ``words`` views the flags
+    8 bytes at a time as little-endian uint64 (byte q of word w is flags[8w + q]). Three shifts
+    pack a word's eight 0/1 bytes into its low 8 bits; eight words make one 64-entry mask whose
+    set bits are walked with trailing_zeros, so the pass costs per 64 entries plus per
+    candidate, with one unpredictable branch per mask (testing every word for zero, as before,
+    took 30 against 16 µs on the reference layer). Returns how many it found (cand's length
+    when they agree)."""
     cap = cand.shape[0]
+    one = np.uint64(1)
+    s7, s14, s28 = np.uint64(7), np.uint64(14), np.uint64(28)
+    low8 = np.uint64(255)
     c = 0
-    for w in range(words.shape[0]):
-        if words[w] == 0:
-            continue
-        for q in range(8):  # direct indexing (no slice per word, as select_bits)
-            if flags[8 * w + q] != 0:
-                if c < cap:
-                    cand[c] = 8 * w + q
-                c += 1
-    for i in range(8 * words.shape[0], flags.shape[0]):
+    g = 0
+    while g + 8 <= words.shape[0]:
+        m = np.uint64(0)
+        for j in range(8):
+            w = words[g + j]
+            w |= w >> s7  # byte p now holds flags 8p.. in bits 0-1, then 0-3, then 0-7
+            w |= w >> s14
+            w |= w >> s28
+            m |= (w & low8) << np.uint64(8 * j)
+        base = 8 * g
+        while m != 0:
+            if c < cap:
+                cand[c] = base + trailing_zeros(m)
+            c += 1
+            m &= m - one
+        g += 8
+    for i in range(8 * g, flags.shape[0]):
         if flags[i] != 0:
             if c < cap:
                 cand[c] = i
@@ -192,8 +214,9 @@ def _nth_zero_naive(u, abs_mask, r):
 def _select_bits_naive(u, abs_mask, t, last, bits):
     """The keep mask (packed, little bit order) of {|x| > t} plus the entries equal to t up to
     index ``last``: so |x| >= t up to ``last`` and |x| > t after it, two comparisons a loop
-    can make without a branch, with one byte in between that straddles ``last``. Returns the
-    kept count."""
+    can make without a branch. The bytes before the one that holds ``last + 1`` compare >=,
+    the full bytes after it >, and that byte and the tail byte test both. Returns the kept
+    count."""
     n = u.shape[0]
     mask = u.dtype.type(abs_mask)
     t_ = u.dtype.type(t)
@@ -209,20 +232,28 @@ def _select_bits_naive(u, abs_mask, t, last, bits):
             byte |= keep << q
             kept += keep
         bits[b] = byte
-    for b in range(split // 8, (n + 7) // 8):
+    b0 = split // 8 + 1
+    hi = u[8 * b0:]  # indexed from 0 (an offset index keeps a wraparound branch per read)
+    hi_bits = bits[b0:]
+    for b in range(n // 8 - b0):
         base = 8 * b
         byte = 0
-        if base >= split and base + 8 <= n:
-            for q in range(8):
-                keep = np.int64((u[base + q] & mask) > t_)
-                byte |= keep << q
-                kept += keep
-        else:  # the byte that holds ``split``, or the tail byte
-            for q in range(min(8, n - base)):
-                a = u[base + q] & mask
-                keep = np.int64((a > t_) | ((a == t_) & (base + q < split)))
-                byte |= keep << q
-                kept += keep
+        for q in range(8):
+            keep = np.int64((hi[base + q] & mask) > t_)
+            byte |= keep << q
+            kept += keep
+        hi_bits[b] = byte
+    for which in range(2):  # the byte holding ``split``, then the tail byte (if another)
+        b = split // 8 if which == 0 else n // 8
+        if b >= (n + 7) // 8 or (which == 1 and b == split // 8):
+            continue
+        base = 8 * b
+        byte = 0
+        for q in range(min(8, n - base)):
+            a = u[base + q] & mask
+            keep = np.int64((a > t_) | ((a == t_) & (base + q < split)))
+            byte |= keep << q
+            kept += keep
         bits[b] = byte
     return kept
 
@@ -252,78 +283,87 @@ def _masked_copy_naive(x, bits, zero, out):
     return kept
 
 
+def _count_bits_naive(bits, n):
+    """The set bits of a keep mask among its first n entries, or −1 when a bit at or beyond n is
+    set in its last byte."""
+    total = 0
+    for b in range(n // 8):
+        total += popcount(bits[b])
+    if n % 8 != 0:
+        tail = bits[n // 8]
+        if tail >> (n % 8) != 0:
+            return -1
+        total += popcount(tail)
+    return total
+
+
 def _compact_naive(x, bits, index, values, with_index):
     """values (k,) = x at the set bits in ascending order; index (k,) their flat positions when
-    ``with_index``. Returns k, or −1 when the bits set more or fewer than k positions. While 8
-    more values fit, every entry of a byte is written and the output advances on its bit (no
-    branch on the data: measured 1.7x faster than skipping empty bytes)."""
+    ``with_index``. Returns k, or −1 when the bits set more or fewer than k positions (or a bit
+    past numel). The bits are counted first, so no write passes the end of values; then the set
+    bits of each 64-entry word are walked lowest first (trailing_zeros, m &= m − 1), so the pass
+    costs per kept entry, not per entry: on the reference layer 36 against 90 µs at 30% kept,
+    57 against 90 at 50% (the branch-free walk over every entry that it replaces)."""
     n = x.shape[0]
     k = values.shape[0]
+    if _count_bits(bits, n) != k:
+        return -1
+    one = np.uint64(1)
     j = 0
-    for b in range((n + 7) // 8):
-        byte = np.int64(bits[b])
-        base = 8 * b
-        if base + 8 <= n and j + 8 <= k:
-            if with_index:
-                for q in range(8):
-                    values[j] = x[base + q]
-                    index[j] = base + q
-                    j += (byte >> q) & 1
-            else:
-                for q in range(8):
-                    values[j] = x[base + q]
-                    j += (byte >> q) & 1
+    for w in range(n // 64):
+        m = np.uint64(0)
+        for q in range(8):  # the word from its 8 bytes (little bit order, any byte order)
+            m |= np.uint64(bits[8 * w + q]) << np.uint64(8 * q)
+        base = 64 * w
+        if with_index:  # two loops: a test of with_index per entry cost a third more
+            while m != 0:
+                i = base + trailing_zeros(m)
+                values[j] = x[i]
+                index[j] = i
+                j += 1
+                m &= m - one
         else:
-            for q in range(min(8, n - base)):
-                if (byte >> q) & 1:
-                    if j >= k:
-                        return -1
-                    values[j] = x[base + q]
-                    if with_index:
-                        index[j] = base + q
-                    j += 1
-    return j if j == k else -1
+            while m != 0:
+                values[j] = x[base + trailing_zeros(m)]
+                j += 1
+                m &= m - one
+    for i in range(64 * (n // 64), n):
+        if (bits[i // 8] >> (i % 8)) & 1:
+            values[j] = x[i]
+            if with_index:
+                index[j] = i
+            j += 1
+    return j
 
 
 def _decode_bitmap_naive(bits, values, zero, out):
     """out (numel,): values scattered, in ascending order, to the set bits; +0.0 elsewhere.
-    values and out are the integer views of the floats, so the scatter is values[j] & −bit
-    (no branch, as in _masked_copy_naive); ``zero`` is the view type's 0. Returns the number
-    of set bits, or -1 when it is not values.shape[0] or a bit beyond numel is set."""
+    values and out are the integer views of the floats (bit patterns move unchanged, CACHE-3);
+    ``zero`` is the view type's 0. Returns the number of set bits, or −1 when it is not
+    values.shape[0] or a bit beyond numel is set. The bits are counted first, out is zeroed,
+    then the set bits are walked word by word as in :func:`_compact_naive`."""
     n = out.shape[0]
     k = values.shape[0]
+    if _count_bits(bits, n) != k:
+        return -1
+    for i in range(n):
+        out[i] = zero
+    one = np.uint64(1)
     j = 0
-    for b in range(n // 8):  # full bytes (fixed trip count: LLVM unrolls), then the tail
-        byte = np.int64(bits[b])
-        base = 8 * b
-        if j + 8 <= k:  # every read below is inside values
-            for q in range(8):
-                bit = (byte >> q) & 1
-                out[base + q] = values[j] & -bit
-                j += bit
-        else:
-            for q in range(8):
-                if (byte >> q) & 1:
-                    if j >= k:
-                        return -1
-                    out[base + q] = values[j]
-                    j += 1
-                else:
-                    out[base + q] = zero
-    base = 8 * (n // 8)
-    if base < n:
-        byte = np.int64(bits[n // 8])
-        if byte >> (n - base) != 0:
-            return -1
-        for q in range(n - base):
-            if (byte >> q) & 1:
-                if j >= k:
-                    return -1
-                out[base + q] = values[j]
-                j += 1
-            else:
-                out[base + q] = zero
-    return j if j == k else -1
+    for w in range(n // 64):
+        m = np.uint64(0)
+        for q in range(8):
+            m |= np.uint64(bits[8 * w + q]) << np.uint64(8 * q)
+        base = 64 * w
+        while m != 0:
+            out[base + trailing_zeros(m)] = values[j]
+            j += 1
+            m &= m - one
+    for i in range(64 * (n // 64), n):
+        if (bits[i // 8] >> (i % 8)) & 1:
+            out[i] = values[j]
+            j += 1
+    return j
 
 
 def _decode_index_naive(index, values, zero, out):
@@ -401,6 +441,14 @@ def _decode_index_np(index, values, zero, out):
     return values.shape[0]
 
 
+_count_bits = njit(_count_bits_naive)  # what the compiled kernels call
+
+
+def _interpreted(f):
+    """``f`` calling the loop function of :func:`_count_bits_naive` (no compiled code)."""
+    return rebind(f, _count_bits=_count_bits_naive)
+
+
 # ---- dispatch (refimpl.kernels.pick) ----------------------------------------------------------
 _KERNELS = {
     "histogram": {"naive": _histogram_naive, "jit": njit(_histogram_naive)},
@@ -412,8 +460,9 @@ _KERNELS = {
     "select_bits": {"naive": _select_bits_naive, "jit": njit(_select_bits_naive)},
     "masked_copy": {"naive": _masked_copy_naive, "np": _masked_copy_np,
                     "jit": njit(_masked_copy_naive)},
-    "compact": {"naive": _compact_naive, "np": _compact_np, "jit": njit(_compact_naive)},
-    "decode_bitmap": {"naive": _decode_bitmap_naive, "np": _decode_bitmap_np,
+    "compact": {"naive": _interpreted(_compact_naive), "np": _compact_np,
+                "jit": njit(_compact_naive)},
+    "decode_bitmap": {"naive": _interpreted(_decode_bitmap_naive), "np": _decode_bitmap_np,
                       "jit": njit(_decode_bitmap_naive)},
     "decode_index": {"naive": _decode_index_naive, "np": _decode_index_np,
                      "jit": njit(_decode_index_naive)},
@@ -445,7 +494,10 @@ def _bracketed(u, abs_mask, k, lo, hi, shift, prefix, hist, impl):
         return None, top
     if k <= above + m:
         cand = np.empty(m, dtype=np.int64)
-        got = _kernel("gather", impl)(flags, flags[:8 * (n // 8)].view(np.uint64), cand)
+        words = flags[:8 * (n // 8)].view(np.uint64)
+        if sys.byteorder != "little":  # the kernel reads byte q of a word as entry 8w + q
+            words = words.byteswap()
+        got = _kernel("gather", impl)(flags, words, cand)
         _check("keep_bits", got, m)
         common = (int(lo) ^ int(hi)).bit_length()  # candidates share the pattern bits above
         if common < shift:

@@ -23,9 +23,8 @@ twins (:func:`interpreted`) against the loop itself, so a ``naive`` twin calls n
 
 from __future__ import annotations
 
-import types
-
 from ..core._jit import njit
+from . import rebind
 
 __all__ = ["STACK", "pairwise", "pairwise_naive", "interpreted"]
 
@@ -98,8 +97,4 @@ pairwise = njit(pairwise_naive)
 def interpreted(f):
     """``f`` with its calls of :func:`pairwise` bound to the loop function (the naive twin of a
     kernel that calls it); its compiled build calls the compiled :func:`pairwise`."""
-    names = dict(f.__globals__)
-    names["pairwise"] = pairwise_naive
-    twin = types.FunctionType(f.__code__, names, f.__name__, f.__defaults__, f.__closure__)
-    twin.__doc__ = f.__doc__
-    return twin
+    return rebind(f, pairwise=pairwise_naive)
