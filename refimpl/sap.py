@@ -33,6 +33,7 @@ SAP never costs more than no SAP. A dense cache with nothing dropped *is* x (no 
 
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -257,7 +258,7 @@ class ActivationCache(Residual):
 
     @property
     def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:

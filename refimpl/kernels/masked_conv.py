@@ -77,7 +77,7 @@ class WeightMask:
     trace (the memory ledger), and of a dense layer, whose all-true mask is made on demand.
     """
 
-    __slots__ = ("_mask", "shape", "nnz", "size", "_index")
+    __slots__ = ("_mask", "shape", "nnz", "size", "_index", "_memo")
 
     def __init__(self, mask: np.ndarray):
         m = np.asarray(mask)
@@ -88,6 +88,7 @@ class WeightMask:
         self.size = int(m.size)
         self.nnz = int(np.count_nonzero(m))
         self._index = None
+        self._memo = {}
 
     @classmethod
     def counts(cls, shape, nnz: int) -> WeightMask:
@@ -97,6 +98,7 @@ class WeightMask:
         self = cls.__new__(cls)
         self._mask, self.shape, self.nnz, self._index = None, tuple(shape), int(nnz), None
         self.size = size
+        self._memo = {}
         return self
 
     @property
@@ -118,6 +120,15 @@ class WeightMask:
         if self._index is None:
             self._index = build_index(self.mask)
         return self._index
+
+    def memo(self, key, make):
+        """``make()``, a value derived from this mask alone, computed on the first call with
+        ``key`` and kept with the mask like its index (NSConv's per-channel counts). The caller
+        must not modify it."""
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = make()
+        return hit
 
     @property
     def index_nbytes(self) -> int:

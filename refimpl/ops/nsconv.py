@@ -152,11 +152,16 @@ def _kernels(p: StandardizeParams, *arrays) -> bool:
 def _kernel_args(w: np.ndarray, p: StandardizeParams):
     """The leading arguments of both kernels: W and its mask as (C_out, fan_in), whether the
     averaging set is the mask, and the per-channel divisor and scale factor (the formulas of
-    :func:`_counts` and :func:`_scale_factor`, in NumPy)."""
+    :func:`_counts` and :func:`_scale_factor`, in NumPy; they depend on the mask alone, so they
+    are computed once per mask and kept with it)."""
     o = w.shape[0]
-    count, safe = _counts(w, p)
-    return (w.reshape(o, -1), p.mask.mask.reshape(o, -1), p.stats in _OVER_ACTIVE, safe,
-            _scale_factor(count, w[0].size, p, w.dtype))
+
+    def divisor_and_scale():
+        count, safe = _counts(w, p)
+        return safe, _scale_factor(count, w[0].size, p, w.dtype)
+
+    safe, sf = p.mask.memo(("nsconv", p.stats, w.dtype.str), divisor_and_scale)
+    return (w.reshape(o, -1), p.mask.mask.reshape(o, -1), p.stats in _OVER_ACTIVE, safe, sf)
 
 
 def standardize_fwd(inputs, p, needs):
