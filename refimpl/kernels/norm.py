@@ -29,8 +29,7 @@ from ..core._jit import njit, prange
 from . import pick
 from .sums import STACK, interpreted, pairwise
 
-__all__ = ["bn_forward", "bn_grad_input", "sums_apply", "channel_sums", "channel_means",
-           "grad_sums"]
+__all__ = ["bn_forward", "bn_grad_input", "sums_apply", "channel_means", "grad_sums"]
 
 
 def _forward_naive(x, mean, invstd, w, b, keep, relu, zero, xhat, y):
@@ -186,23 +185,17 @@ def _mean_of(sums, count):
     return np.true_divide(sums, np.intp(count), out=sums, casting="unsafe")
 
 
-def channel_sums(x, mean=None, impl: str = "jit"):
-    """np.sum(x, axis=(0, 2, ...)) of x (N, C, ...), or with ``mean`` (C,) the same sum of
-    np.square(x − mean): the same bits (when :func:`sums_apply`)."""
+def channel_means(x, mean=None, impl: str = "jit"):
+    """np.mean(x, axis=(0, 2, ...)) of x (N, C, ...), or with ``mean`` (C,) the mean of
+    np.square(x − mean) over the same axes: the same bits (when :func:`sums_apply`)."""
     c = x.shape[1]
     x3 = x.reshape(x.shape[0], c, -1)
-    rows, stk, vals = _workspace(c, x3.shape[2] if mean is not None else 1, 1, x.dtype)
+    rows, stk, vals = _workspace(c, x3.shape[2], 1, x.dtype)
     out = np.empty(c, dtype=x.dtype)
     pick("batch_norm", _KERNELS, "channel_sums", impl)(
         x3, mean if mean is not None else out, mean is not None, x.dtype.type(0), out, rows,
         stk, vals)
-    return out
-
-
-def channel_means(x, mean=None, impl: str = "jit"):
-    """np.mean(x, axis=(0, 2, ...)) of x (N, C, ...), or with ``mean`` (C,) the mean of
-    np.square(x − mean) over the same axes: the same bits (when :func:`sums_apply`)."""
-    return _mean_of(channel_sums(x, mean, impl), x.size // x.shape[1])  # N·L entries each
+    return _mean_of(out, x3.shape[0] * x3.shape[2])
 
 
 def grad_sums(g, xhat, w, training: bool, want_w: bool, want_b: bool, impl: str = "jit"):

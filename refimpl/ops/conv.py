@@ -33,7 +33,6 @@ from ..core._jit import JIT_ENABLED
 from ..core.tape import Plan, Primitive, Residual, Spec
 from ..kernels import conv as K
 from ..kernels import masked_conv as MK
-from ..kernels import norm as NK
 from ..kernels import relu as RK
 from ..sap import ActivationCache, SapPolicy, SharedCache, decode, plan_cache, prune_and_encode
 
@@ -169,8 +168,8 @@ def conv2d_vjp(res, g, p, needs):
         g = RK.relu_backward(g, res.relu_bits)  # g · (y > 0), a multiply (kernels/relu.py)
         if p.relu_gain != 1.0:
             g *= g.dtype.type(p.relu_gain)
-    if needs[2]:  # np.sum(g, axis=(0, 2, 3)), compiled in NumPy's order where it gives its bits
-        db = NK.channel_sums(g) if JIT_ENABLED and NK.sums_apply(g) else np.sum(g, axis=(0, 2, 3))
+    if needs[2]:
+        db = np.sum(g, axis=(0, 2, 3))
     x = _cached_input(res) if needs[1] else None
     dense_np = (p.mask is None and p.impl in (None, "np")) or \
         (p.mask is not None and p.masked_impl is None and p.dense_impl in (None, "np"))
