@@ -290,6 +290,11 @@ def test_decode_rejects_malformed_buffers(impl):
         K.decode_bitmap(np.array([0b1000_0111], dtype=np.uint8), vals, 7, impl)  # bit 7 >= numel
     with pytest.raises(ValueError, match="bitmap bytes"):
         K.decode_bitmap(np.zeros(2, dtype=np.uint8), vals, 8, impl)
+    with pytest.raises(ValueError, match="keep-mask bytes"):  # compact reads ceil(numel/8) bytes
+        K.compact(np.ones(9, dtype=np.float32), np.array([7], dtype=np.uint8), 3, None, impl)
+    with pytest.raises(ValueError, match="disagree"):  # a bit at or past numel
+        K.compact(np.ones(7, dtype=np.float32), np.array([0b1000_0011], dtype=np.uint8), 3,
+                  None, impl)
     with pytest.raises(ValueError, match="disagree"):
         K.decode_index(np.array([0, 2, 2], dtype=np.uint8), vals, 8, impl)  # not ascending
     with pytest.raises(ValueError, match="disagree"):

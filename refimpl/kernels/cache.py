@@ -603,6 +603,9 @@ def masked_copy(x, bits, n_keep, impl="jit"):
 def compact(x, bits, n_keep, index_dtype=None, impl="jit"):
     """(index (n_keep,) of ``index_dtype`` or None, values (n_keep,) in x's dtype): the kept
     entries of x in ascending flat order."""
+    if bits.dtype != np.uint8 or bits.shape != ((x.shape[0] + 7) // 8,):
+        raise ValueError(f"compact: expected {(x.shape[0] + 7) // 8} uint8 keep-mask bytes for "
+                         f"{x.shape[0]} entries, received {bits.shape} {bits.dtype}")
     values = np.empty(n_keep, dtype=x.dtype)
     index = np.empty(n_keep if index_dtype is not None else 0,
                      dtype=index_dtype if index_dtype is not None else np.uint8)
