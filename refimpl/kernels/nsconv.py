@@ -77,15 +77,19 @@ def _standardize_naive(w, mask, over_active, gain, safe, sf, eps, zero, one, pac
         r[o] = ro
         unclamped[o] = v > eps
         g = gain[o]
-        for k in range(fan):
-            on = mask[o, k]
-            ws = ((g * crow[k]) / ro) * (one if on else zero) if count > 0 else zero
-            if not packed:
-                what[o, k] = ws
-            elif on:
-                if p < what.shape[1]:
-                    what[0, p] = ws
-                p += 1
+        row = scratch if packed else what[o]
+        if count > 0:  # tested once, not per entry: then the loop vectorises (74 -> 37 µs)
+            for k in range(fan):
+                row[k] = ((g * crow[k]) / ro) * (one if mask[o, k] else zero)
+        else:
+            for k in range(fan):
+                row[k] = zero
+        if packed:
+            for k in range(fan):
+                if mask[o, k]:
+                    if p < what.shape[1]:
+                        what[0, p] = row[k]
+                    p += 1
     return p
 
 
@@ -99,16 +103,19 @@ def _standardize_grad_naive(w, mask, over_active, gain, safe, sf, r, r3, unclamp
     p = 0
     for o in range(c_out):
         count = _centre(w, mask, o, every, safe[o], zero, one, crow, scratch, stk, vals)
-        for k in range(fan):
-            on = mask[o, k]
-            gv = zero  # G scattered: +0.0 off the mask
-            if not packed:
-                gv = gw[o, k]
-            elif on:
-                if p < gw.shape[1]:
-                    gv = gw[0, p]
-                p += 1
-            gm = gv * (one if on else zero)
+        if packed:  # G scattered: +0.0 off the mask
+            for k in range(fan):
+                gv = zero
+                if mask[o, k]:
+                    if p < gw.shape[1]:
+                        gv = gw[0, p]
+                    p += 1
+                grow[k] = gv
+        else:
+            for k in range(fan):
+                grow[k] = gw[o, k]
+        for k in range(fan):  # G' = G·m, then G'·c (loops without a branch vectorise)
+            gm = grow[k] * (one if mask[o, k] else zero)
             grow[k] = gm
             scratch[k] = gm * crow[k]
         gc = _row_sum(scratch, fan, zero, stk, vals)
@@ -120,9 +127,12 @@ def _standardize_grad_naive(w, mask, over_active, gain, safe, sf, r, r3, unclamp
             a = one if (mask[o, k] | every) else zero
             grow[k] = ((g * grow[k]) / ro - coef * crow[k]) * a  # dc
         mean = _row_sum(grow, fan, zero, stk, vals) / safe[o]
-        for k in range(fan):
-            a = one if (mask[o, k] | every) else zero
-            dw[o, k] = (grow[k] - mean) * a if count > 0 else zero
+        if count > 0:  # tested once, not per entry (as in the forward)
+            for k in range(fan):
+                dw[o, k] = (grow[k] - mean) * (one if (mask[o, k] | every) else zero)
+        else:
+            for k in range(fan):
+                dw[o, k] = zero
     return p
 
 
