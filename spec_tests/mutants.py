@@ -67,9 +67,9 @@ SAP, KC, MEMF, SRV = ("refimpl/sap.py", "refimpl/kernels/cache.py", "refimpl/mem
                       "refimpl/fl/server.py")
 CONV, MKF, CLI = "refimpl/ops/conv.py", "refimpl/kernels/masked_conv.py", "refimpl/memory_cli.py"
 # conv2d_vjp's fused ReLU gating and the bias gradient after it (one mutant swaps them)
-_RELU_VJP = ("    if p.relu:\n        g = RK.relu_backward(g, res.relu_bits)  # g · (y > 0), a "
-             "multiply (kernels/relu.py)\n        if p.relu_gain != 1.0:\n"
-             "            g *= g.dtype.type(p.relu_gain)\n")
+_RELU_VJP = "    if p.relu:\n        g = relu_grad(g, res.relu_bits, p.relu_gain)\n"
+_RELU_FWD = "        y, bits = rectified(y, p.relu_gain, any(needs))\n"
+_RELU_FWD_NO_BITS = "        y, _ = rectified(y, p.relu_gain, False)\n"
 _BIAS_GRAD = "    if needs[2]:\n        db = np.sum(g, axis=(0, 2, 3))\n"
 T = "spec_tests/"
 
@@ -463,15 +463,15 @@ MUTANTS: tuple[Mutant, ...] = (
        T + "test_faults.py::test_mask3_is_enforced_identically_on_every_kernel_path"),
     # ---- the ReLU fused into the conv (CONV-5) and the packed Ŵ (NSC-3) ----
     _m("conv5-fused-relu-grad-at-zero", "CONV-5", "fused ReLU keeps (y >= 0): ReLU'(0) = 1",
-       CONV, "        bits = RK.relu_bitmap(y) if any(needs) else None\n",
+       CONV, _RELU_FWD, _RELU_FWD_NO_BITS +
        '        bits = np.packbits(y >= 0, axis=None, bitorder="little") if any(needs) else None\n',
        T + "test_fused_relu.py"),
     _m("conv5-fused-relu-bias-grad-unmasked", "CONV-5", "fused ReLU: the bias gradient sums the "
        "cotangent before the ReLU's mask", CONV, _RELU_VJP + _BIAS_GRAD, _BIAS_GRAD + _RELU_VJP,
        T + "test_fused_relu.py"),
     _m("conv5-fused-relu-bits-before-bias", "CONV-5", "fused ReLU bitmap of the conv before its "
-       "bias", CONV, "        bits = RK.relu_bitmap(y) if any(needs) else None\n",
-       "        pre = y if b is None else y - b.reshape(-1, 1, 1)\n"
+       "bias", CONV, _RELU_FWD,
+       _RELU_FWD_NO_BITS + "        pre = y if b is None else y - b.reshape(-1, 1, 1)\n"
        '        bits = np.packbits(pre > 0, axis=None, bitorder="little") if any(needs) else '
        'None\n',
        T + "test_fused_relu.py"),

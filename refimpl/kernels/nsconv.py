@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core._jit import njit
-from . import pick
+from . import pick, rebind
 from .sums import STACK, interpreted, pairwise
 
 __all__ = ["IMPLS", "row_sum", "standardize", "standardize_grad"]
@@ -142,13 +142,9 @@ _centre = njit(_centre_naive)
 
 def _interpreted(f):
     """``f`` calling the interpreted helpers (the naive twin calls no compiled code)."""
-    twin = interpreted(f)
     row_sum = interpreted(_row_sum_naive)
-    centre = interpreted(_centre_naive)
-    centre.__globals__["_row_sum"] = row_sum
-    twin.__globals__["_row_sum"] = row_sum
-    twin.__globals__["_centre"] = centre
-    return twin
+    centre = rebind(interpreted(_centre_naive), _row_sum=row_sum)
+    return rebind(interpreted(f), _row_sum=row_sum, _centre=centre)
 
 
 _KERNELS = {

@@ -33,8 +33,8 @@ from ..core._jit import JIT_ENABLED
 from ..core.tape import Plan, Primitive, Residual, Spec
 from ..kernels import conv as K
 from ..kernels import masked_conv as MK
-from ..kernels import relu as RK
 from ..sap import ActivationCache, SapPolicy, SharedCache, decode, plan_cache, prune_and_encode
+from .elementwise import rectified, relu_grad
 
 #: Workspace of the lean SAP selection: a 256-bin histogram of 32-bit counts (8-bit digits).
 SELECTION_HISTOGRAM_NBYTES = 256 * 4
@@ -155,9 +155,7 @@ def conv2d_fwd(inputs, p, needs):
         y = K.conv2d_forward(x, wd, *p.geometry, impl=p.dense_impl, bias=b, relu=p.relu)
     bits = None
     if p.relu:  # ReLU'(0) = 0 (CONV-5): the kept bitmap is (y > 0), as the relu primitive's
-        bits = RK.relu_bitmap(y) if any(needs) else None
-        if p.relu_gain != 1.0:  # a positive gain keeps the bitmap: (g·y > 0) = (y > 0)
-            y *= y.dtype.type(p.relu_gain)
+        y, bits = rectified(y, p.relu_gain, any(needs))
     xc, cache = _cache_input(x, p.sap, p.shared, needs[1])
     return y, ConvRes(xc, w if needs[0] else None, x.shape, w.shape, cache, bits)
 
@@ -165,9 +163,7 @@ def conv2d_fwd(inputs, p, needs):
 def conv2d_vjp(res, g, p, needs):
     dx = dw = db = None
     if p.relu:
-        g = RK.relu_backward(g, res.relu_bits)  # g · (y > 0), a multiply (kernels/relu.py)
-        if p.relu_gain != 1.0:
-            g *= g.dtype.type(p.relu_gain)
+        g = relu_grad(g, res.relu_bits, p.relu_gain)
     if needs[2]:
         db = np.sum(g, axis=(0, 2, 3))
     x = _cached_input(res) if needs[1] else None

@@ -46,10 +46,26 @@ def relu_fwd(inputs, params, needs):
 
 
 def relu_vjp(res, g, params, needs):
-    dx = RK.relu_backward(g, res.bits)  # g · (x > 0), a multiply (kernels/relu.py)
-    if _gain(params) != 1.0:
-        dx *= dx.dtype.type(params.gain)
-    return (dx,)
+    return (relu_grad(g, res.bits, _gain(params)),)
+
+
+def rectified(y, gain: float, want_bits: bool):
+    """The rest of a ReLU whose max(·, 0) a kernel already applied to y (fused into a conv's or
+    batch norm's pass): the kept bitmap (y > 0) when a gradient will be asked for, then y scaled
+    in place by the positive gain (which keeps the bitmap). Returns (y, bits or None)."""
+    bits = RK.relu_bitmap(y) if want_bits else None
+    if gain != 1.0:
+        y *= y.dtype.type(gain)
+    return y, bits
+
+
+def relu_grad(g, bits, gain: float):
+    """A ReLU's gradient: g · (y > 0) (a multiply, kernels/relu.py), times the gain; a new
+    array."""
+    dx = RK.relu_backward(g, bits)
+    if gain != 1.0:
+        dx *= dx.dtype.type(gain)
+    return dx
 
 
 def relu_plan(specs, params, needs):

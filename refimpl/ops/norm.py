@@ -13,7 +13,7 @@ import numpy as np
 from ..core._jit import JIT_ENABLED
 from ..core.tape import Plan, Primitive, Residual, Spec
 from ..kernels import norm as NK
-from ..kernels import relu as RK
+from .elementwise import rectified, relu_grad
 
 #: The kernels of :mod:`refimpl.kernels.norm` (one pass each, the same bits) when Numba compiles;
 #: else the NumPy expressions below.
@@ -91,9 +91,7 @@ def batch_norm_fwd(inputs, p, needs):
             np.maximum(y, y.dtype.type(0), out=y)
     bits = None
     if p.relu:
-        bits = RK.relu_bitmap(y) if any(needs) else None
-        if p.relu_gain != 1.0:  # a positive gain keeps the bitmap: (g·y > 0) = (y > 0)
-            y *= y.dtype.type(p.relu_gain)
+        y, bits = rectified(y, p.relu_gain, any(needs))
     res = None
     if any(needs):
         res = BatchNormRes(
@@ -105,9 +103,7 @@ def batch_norm_fwd(inputs, p, needs):
 
 def batch_norm_vjp(res, g, p, needs):
     if p.relu:
-        g = RK.relu_backward(g, res.relu_bits)  # g · (y > 0), a multiply (kernels/relu.py)
-        if p.relu_gain != 1.0:
-            g *= g.dtype.type(p.relu_gain)
+        g = relu_grad(g, res.relu_bits, p.relu_gain)
     axes = (0,) + tuple(range(2, g.ndim))
     bs = (1, g.shape[1]) + (1,) * (g.ndim - 2)
     kernels = KERNELS and _one_dtype(g, res.xhat, res.weight, res.invstd)
