@@ -165,17 +165,26 @@ _grad_weight_jit = njit(_grad_weight_naive, parallel=True)
 # two slices per output row measured 2x faster than NumPy's strided copy, clipping each segment
 # to the unpadded input (strided slices, bounds per segment) 1.5x slower.
 def _pad_naive(x, ph, pw, xp):
-    """xp (N, C, H + 2ph, W + 2pw): x in the middle, zeros around it."""
+    """xp (N, C, H + 2ph, W + 2pw): x in the middle, zeros around it. Plane by plane through
+    flat views of both (x and xp contiguous): the plane zeroed in one loop, then each image row
+    copied as one slice. Measured on the reference layer: 38 µs, against 118 µs indexing the
+    entries of the 4-d arrays (a short inner loop over a 4-d index costs more than its copy)."""
     n_batch, c_in, h, w = x.shape
-    for n in prange(n_batch):
-        for c in range(c_in):
-            dst = xp[n, c]
-            for i in range(dst.shape[0]):
-                for j in range(dst.shape[1]):
-                    dst[i, j] = 0
-            for ih in range(h):
-                for iw in range(w):
-                    dst[ih + ph, pw + iw] = x[n, c, ih, iw]
+    plane = xp.shape[2] * xp.shape[3]
+    wp = xp.shape[3]
+    src = x.reshape(-1)
+    dst = xp.reshape(-1)
+    for p in range(n_batch * c_in):
+        d = dst[p * plane:(p + 1) * plane]
+        for k in range(plane):
+            d[k] = 0
+        for ih in range(h):
+            s0 = (p * h + ih) * w
+            d0 = (ih + ph) * wp + pw
+            row = d[d0:d0 + w]
+            srow = src[s0:s0 + w]
+            for iw in range(w):
+                row[iw] = srow[iw]
     return xp
 
 
@@ -245,13 +254,22 @@ def _col2im_naive(dcols, kh, kw, sh, sw, dh, dw, oh_size, ow_size, dxp):
 
 
 def _unpad_naive(xp, ph, pw, x):
-    """x (N, C, H, W) = the middle of xp (N, C, H + 2ph, W + 2pw)."""
+    """x (N, C, H, W) = the middle of xp (N, C, H + 2ph, W + 2pw); both contiguous, copied
+    image row by image row as slices of flat views (as :func:`_pad_naive`: 31 µs on the
+    reference layer, against 96 µs indexing entries)."""
     n_batch, c_in, h, w = x.shape
-    for n in prange(n_batch):
-        for c in range(c_in):
-            for ih in range(h):
-                for iw in range(w):
-                    x[n, c, ih, iw] = xp[n, c, ih + ph, pw + iw]
+    plane = xp.shape[2] * xp.shape[3]
+    wp = xp.shape[3]
+    src = xp.reshape(-1)
+    dst = x.reshape(-1)
+    for p in range(n_batch * c_in):
+        for ih in range(h):
+            s0 = p * plane + (ih + ph) * wp + pw
+            d0 = (p * h + ih) * w
+            row = dst[d0:d0 + w]
+            srow = src[s0:s0 + w]
+            for iw in range(w):
+                row[iw] = srow[iw]
     return x
 
 
