@@ -1,6 +1,9 @@
 """Dense conv2d forward + backward (input and weight gradients) of refimpl's kernel paths, as
 ratios to PyTorch CPU measured in the same process with the same thread count, and each op's
-achieved GFLOP/s beside this machine's sgemm rate (benchmarks/_common.py).
+achieved GFLOP/s beside this machine's sgemm rate (benchmarks/_common.py). The default path's
+step is the training step of ops/conv: the cotangent moves once into the channel-major layout
+both gradients read (``kernels.conv.channel_major``); each op's GFLOP/s times it alone, from
+the array cotangent.
 
 Reference layer (issue "foundation"): N=32, 16 -> 32 channels, 16x16, 3x3, padding 1, float32.
 
@@ -57,7 +60,15 @@ def measure(threads: int, repeats: int = 7, numba: bool = False) -> dict:
                 op(name, impl)()
         return run
 
-    cases = {"torch": theirs, "np": step("np")}
+    def training_step():
+        """The dense layer's training step as ops/conv runs it: the forward, then g moved once
+        into the channel-major layout that both gradients' GEMMs read."""
+        K.conv2d_forward(x, w, *geom, impl="np")
+        gcm = K.channel_major(g)
+        K.conv2d_grad_input(gcm, w, x.shape, *geom, impl="np")
+        K.conv2d_grad_weight(x, gcm, w.shape, *geom, impl="np")
+
+    cases = {"torch": theirs, "np": training_step}
     cases.update({f"np {name}": op(name, "np") for name in ("forward", "grad_input",
                                                             "grad_weight")})
     if numba:
