@@ -453,6 +453,16 @@ MUTANTS: tuple[Mutant, ...] = (
     _m("mask3-build-index-shifted", "MASK-3", "build_index pairs each entry with the previous "
        "offset", MKF, "WeightIndex(ptr, cols.astype(np.int32), m.shape)",
        "WeightIndex(ptr, np.roll(cols, 1).astype(np.int32), m.shape)", T + "test_kernels.py"),
+    _m("mask3-wide-forward-pair-reads-one-row", "MASK-3", "the wide forward's two-term pass "
+       "reads the first term's row twice", MKF,
+       "acc[k] = (acc[k] + v0 * x0[k]) + v1 * x1[k]", "acc[k] = (acc[k] + v0 * x0[k]) + v1 * x0[k]",
+       T + "test_kernels.py::test_wide_rows_kernels_are_the_loops_bit_for_bit",
+       T + "test_kernels.py::test_masked_kernels_agree_with_dense_on_masked_weight"),
+    _m("mask3-wide-grad-input-pair-reads-one-row", "MASK-3", "the wide input gradient's "
+       "two-term pass reads the first term's row twice", MKF,
+       "acc[k] = (acc[k] + v0 * g0[k]) + v1 * g1[k]", "acc[k] = (acc[k] + v0 * g0[k]) + v1 * g0[k]",
+       T + "test_kernels.py::test_wide_rows_kernels_are_the_loops_bit_for_bit",
+       T + "test_kernels.py::test_masked_kernels_agree_with_dense_on_masked_weight"),
     _m("mask3-fallback-fwd-dense-weight", "MASK-3", "forward fallback convolves the raw weight",
        CONV, "wd = MK.scatter(_active_values(w, p), p.mask.index)\n        y = K.conv2d_forward",
        "wd = _dense_weight(w, p)\n        y = K.conv2d_forward",
