@@ -3,7 +3,8 @@ machine's sgemm rate, and a description of the machine.
 
 Benchmarks never assert speed; they print ratios against a peer run in the same process. A
 figure is measured as ``repeats`` pairs: in each pair ours and the peer run back to back (each
-the best of a few inner runs), and the pair gives one ratio; the figure is the median of those
+the best of a few inner runs; :data:`OP_INNER` for one layer's millisecond step), and the pair
+gives one ratio; the figure is the median of those
 ratios with their spread (min..max), so a burst of load on a shared machine widens the spread
 instead of moving the figure.
 """
@@ -86,6 +87,15 @@ class Figure:
 
     def as_dict(self) -> dict:
         return {"median": self.median, "min": self.lo, "max": self.hi, "n": len(self.samples)}
+
+
+#: Inner runs per case for millisecond operations (one conv layer's step). After its last call a
+#: library's worker threads keep spinning for several milliseconds (PyTorch's OpenMP team,
+#: OpenBLAS's threads), and the next case's first runs share the cores with them. On the
+#: reference conv layer, with PyTorch interleaved, the best of 3 gave refimpl 3.61 ms median
+#: (2.97..4.58) against 2.92 with nothing interleaved, and PyTorch 2.13 (1.95..5.26); the best of
+#: 10 gave 2.84 (2.78..3.01) and 1.94 (1.88..2.04): both sides timed past the other's threads.
+OP_INNER = 10
 
 
 def paired(cases: dict, repeats: int = 7, inner: int = 3, warmup: int = 1) -> dict:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _common import Figure, paired, ratio, set_threads, sgemm_rate
+from _common import OP_INNER, Figure, paired, ratio, set_threads, sgemm_rate
 
 from refimpl.kernels import conv as K
 
@@ -73,7 +73,7 @@ def measure(threads: int, repeats: int = 7, numba: bool = False) -> dict:
                                                             "grad_weight")})
     if numba:
         cases["jit"] = step("jit")
-    times = paired(cases, repeats=repeats)
+    times = paired(cases, repeats=repeats, inner=OP_INNER)
     f = flops(x, w, g)
     out = {"info": info, "layer": LAYER, "threads": threads,
            "ratio_np": ratio(times, "np", "torch"),

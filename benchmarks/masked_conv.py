@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _common import Figure, paired, ratio, set_threads
+from _common import OP_INNER, Figure, paired, ratio, set_threads
 from conv import LAYER, reference
 
 from refimpl.kernels import masked_conv as MK
@@ -52,7 +52,7 @@ def measure(threads: int, repeats: int = 7, densities=DENSITIES, alone: bool = F
             MK.masked_conv2d_backward(g, x, index, val, *geom, dx=dx, dval=dval)
 
         cases[f"d={d:g}"] = ours
-    times = paired(cases, repeats=repeats)
+    times = paired(cases, repeats=repeats, inner=OP_INNER)
     if alone:
         return {f"d={d:g}": times[f"d={d:g}"] for d in densities}
     out = {"info": info, "layer": LAYER, "threads": threads, "torch_s": Figure(times["torch"])}

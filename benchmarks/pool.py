@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _common import Figure, paired, ratio, set_threads
+from _common import OP_INNER, Figure, paired, ratio, set_threads
 from conv import reference
 
 from refimpl.kernels import conv as K
@@ -41,7 +41,7 @@ def measure(threads: int, repeats: int = 7) -> dict:
         _, arg = PK.max_pool2d_forward(y, (2, 2), (2, 2), (0, 0), (1, 1), oh, ow, impl=impl)
         PK.max_pool2d_backward(gp, arg, y.shape, (2, 2), (2, 2), (0, 0), (1, 1), impl=impl)
 
-    times = paired({"conv": conv, "pool": pool}, repeats=repeats)
+    times = paired({"conv": conv, "pool": pool}, repeats=repeats, inner=OP_INNER)
     return {"info": info, "pool": POOL, "threads": threads,
             "ratio": ratio(times, "pool", "conv"),
             "pool_ms": Figure(t * 1e3 for t in times["pool"]),
