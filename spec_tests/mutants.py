@@ -463,6 +463,18 @@ MUTANTS: tuple[Mutant, ...] = (
        "acc[k] = (acc[k] + v0 * g0[k]) + v1 * g1[k]", "acc[k] = (acc[k] + v0 * g0[k]) + v1 * g0[k]",
        T + "test_kernels.py::test_wide_rows_kernels_are_the_loops_bit_for_bit",
        T + "test_kernels.py::test_masked_kernels_agree_with_dense_on_masked_weight"),
+    _m("mask3-wide-grad-weight-second-vector-reads-first-cotangent", "MASK-3", "the weight "
+       "gradient's second vector of positions multiplies by the first vector's cotangent", MKF,
+       "b0 = vec_add(b0, vec_mul(gb, vec_load(xp, s0 + q + lanes)))",
+       "b0 = vec_add(b0, vec_mul(ga, vec_load(xp, s0 + q + lanes)))",
+       T + "test_kernels.py::test_wide_rows_kernels_are_the_loops_bit_for_bit",
+       T + "test_kernels.py::test_masked_kernels_agree_with_dense_on_masked_weight"),
+    _m("mask3-wide-grad-weight-second-entry-first-row", "MASK-3", "the weight gradient's "
+       "second entry of four stores its sums into the first entry's row", MKF,
+       "s1, r1 = xoff[e0 + j + min(1, r - 1)], rows[j + min(1, r - 1)]",
+       "s1, r1 = xoff[e0 + j + min(1, r - 1)], rows[j]",
+       T + "test_kernels.py::test_wide_rows_kernels_are_the_loops_bit_for_bit",
+       T + "test_kernels.py::test_masked_kernels_agree_with_dense_on_masked_weight"),
     _m("mask3-fallback-fwd-dense-weight", "MASK-3", "forward fallback convolves the raw weight",
        CONV, "wd = MK.scatter(_active_values(w, p), p.mask.index)\n        y = K.conv2d_forward",
        "wd = _dense_weight(w, p)\n        y = K.conv2d_forward",

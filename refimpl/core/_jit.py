@@ -38,6 +38,8 @@ import os
 import sys
 import types
 
+import numpy as np
+
 #: File names of the OpenMP runtimes a process shares by soname (GNU, LLVM, Intel). Vendored
 #: copies under another name (scikit-learn's ``libgomp-<hash>.so``) are separate runtimes.
 _OPENMP_SONAMES = ("libgomp.so", "libomp.so", "libiomp5.so")
@@ -212,6 +214,159 @@ if _numba is not None:
         if isinstance(m, _types.Integer) and not m.signed:
             return lambda m: _ctpop(m)
         return None
+
+
+# ---- short vectors of floats in registers (C: __m256 / float32x4x2_t, or an array of lanes) ---
+# A kernel whose sums must keep their order can still keep several sums in registers: each lane
+# of a vector is its own sum, added in the same order as the scalar loop would (vec_add and
+# vec_mul round every lane as the scalar ops do; there is no fused multiply-add). LLVM's loop
+# vectoriser only vectorises an innermost loop over consecutive entries, whose sums then live
+# in memory; with these, a loop over samples can carry 8 positions' sums per register
+# (masked_conv's weight gradient). A vector is VEC_BYTES wide: 8 float32 or 4 float64 lanes
+# (one AVX register; LLVM splits it on narrower machines, lane results unchanged).
+VEC_BYTES = 32
+
+
+def vec_lanes(a) -> int:
+    """Lanes of a vector of ``a``'s dtype (a: an array)."""
+    return VEC_BYTES // a.itemsize
+
+
+def vec_zero(a):
+    """A vector of +0.0 in ``a``'s dtype."""
+    return np.zeros(vec_lanes(a), dtype=a.dtype)
+
+
+def vec_load(a, i: int):
+    """a[i : i + lanes] (a 1-d contiguous; the caller keeps it in bounds)."""
+    v = a[i:i + vec_lanes(a)].copy()
+    if v.shape[0] != vec_lanes(a) or i < 0:
+        raise IndexError(f"vec_load: lanes {i}..{i + vec_lanes(a) - 1} outside 0..{a.shape[0] - 1}")
+    return v
+
+
+def vec_store(a, i: int, v) -> None:
+    """a[i : i + lanes] = v."""
+    if i < 0 or i + vec_lanes(a) > a.shape[0]:
+        raise IndexError(f"vec_store: lanes {i}..{i + vec_lanes(a) - 1} outside "
+                         f"0..{a.shape[0] - 1}")
+    a[i:i + vec_lanes(a)] = v
+
+
+def vec_add(u, v):
+    """Lane by lane u + v."""
+    return u + v
+
+
+def vec_mul(u, v):
+    """Lane by lane u · v."""
+    return u * v
+
+
+if _numba is not None:
+    from numba.core.datamodel import models as _models
+    from numba.extending import register_model as _register_model
+
+    class _Vec(_types.Type):
+        """VEC_BYTES of one float dtype, as one LLVM vector value (a register)."""
+
+        def __init__(self, dtype):
+            self.dtype = dtype
+            self.lanes = VEC_BYTES // (dtype.bitwidth // 8)
+            super().__init__(name=f"Vec({dtype} x {self.lanes})")
+
+    @_register_model(_Vec)
+    class _VecModel(_models.PrimitiveModel):
+        def __init__(self, dmm, fe_type):
+            lane = dmm.lookup(fe_type.dtype).get_value_type()
+            super().__init__(dmm, fe_type, _ir.VectorType(lane, fe_type.lanes))
+
+    def _vec_array(a) -> bool:
+        return (isinstance(a, _types.Array) and a.ndim == 1 and a.layout == "C"
+                and isinstance(a.dtype, _types.Float))
+
+    def _lane_pointer(context, builder, aryty, ary, i, vty):
+        data = context.make_array(aryty)(context, builder, ary).data
+        return builder.bitcast(builder.gep(data, [i]), vty.as_pointer())
+
+    @_intrinsic
+    def _vload(typingctx, a, i):
+        if not (_vec_array(a) and isinstance(i, _types.Integer)):
+            return None
+        vt = _Vec(a.dtype)
+
+        def codegen(context, builder, sig, args):
+            vty = context.get_value_type(vt)
+            ptr = _lane_pointer(context, builder, sig.args[0], args[0], args[1], vty)
+            return builder.load(ptr, align=a.dtype.bitwidth // 8)
+
+        return vt(a, i), codegen
+
+    @_intrinsic
+    def _vstore(typingctx, a, i, v):
+        if not (_vec_array(a) and isinstance(i, _types.Integer) and isinstance(v, _Vec)
+                and v.dtype == a.dtype):
+            return None
+
+        def codegen(context, builder, sig, args):
+            ptr = _lane_pointer(context, builder, sig.args[0], args[0], args[1], args[2].type)
+            builder.store(args[2], ptr, align=a.dtype.bitwidth // 8)
+            return context.get_dummy_value()
+
+        return _types.void(a, i, v), codegen
+
+    @_intrinsic
+    def _vzero(typingctx, a):
+        if not _vec_array(a):
+            return None
+        vt = _Vec(a.dtype)
+
+        def codegen(context, builder, sig, args):
+            return _ir.Constant(context.get_value_type(vt), None)  # all lanes +0.0
+
+        return vt(a), codegen
+
+    def _vec_binary(op):
+        @_intrinsic
+        def binary(typingctx, u, v):
+            if not (isinstance(u, _Vec) and u == v):
+                return None
+
+            def codegen(context, builder, sig, args):
+                return getattr(builder, op)(args[0], args[1])
+
+            return u(u, v), codegen
+
+        return binary
+
+    _vadd, _vmul = _vec_binary("fadd"), _vec_binary("fmul")
+
+    @_overload(vec_lanes)
+    def _vec_lanes_compiled(a):
+        if _vec_array(a):
+            lanes = VEC_BYTES // (a.dtype.bitwidth // 8)
+            return lambda a: lanes
+        return None
+
+    @_overload(vec_zero)
+    def _vec_zero_compiled(a):
+        return (lambda a: _vzero(a)) if _vec_array(a) else None
+
+    @_overload(vec_load)
+    def _vec_load_compiled(a, i):
+        return (lambda a, i: _vload(a, i)) if _vec_array(a) else None
+
+    @_overload(vec_store)
+    def _vec_store_compiled(a, i, v):
+        return (lambda a, i, v: _vstore(a, i, v)) if _vec_array(a) else None
+
+    @_overload(vec_add)
+    def _vec_add_compiled(u, v):
+        return (lambda u, v: _vadd(u, v)) if isinstance(u, _Vec) else None
+
+    @_overload(vec_mul)
+    def _vec_mul_compiled(u, v):
+        return (lambda u, v: _vmul(u, v)) if isinstance(u, _Vec) else None
 
 
 def set_num_threads(n: int) -> None:

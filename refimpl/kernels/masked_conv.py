@@ -30,7 +30,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core._jit import get_num_threads, njit, prange
+from ..core._jit import (
+    get_num_threads,
+    njit,
+    prange,
+    vec_add,
+    vec_lanes,
+    vec_load,
+    vec_mul,
+    vec_store,
+    vec_zero,
+)
 from . import pick
 
 __all__ = ["IMPLS", "WeightIndex", "WeightMask", "build_index", "weight_index_nbytes", "gather",
@@ -288,9 +298,9 @@ def _grad_weight_naive(x, g, ptr, off, kh, kw, stride, padding, dilation, groups
 # order of separate passes (no fastmath: LLVM may not reassociate), so the results are
 # bit-identical to one term per pass while the accumulator is loaded and stored four (eight)
 # times less. Eight terms measured 6-10% faster than four on the demo's layers in the forward and
-# the input gradient; in the weight gradient, whose every term reads two rows, eight samples per
-# pass measured 5-10% slower than four. Reductions (the weight gradient) accumulate elementwise
-# over the batch into wide rows and sum each row once at the end, in position order.
+# the input gradient. The weight gradient, whose every term reads two rows, keeps its batch sums
+# in registers instead (vectors of positions, core/_jit.py) and stores each entry's row once;
+# then it sums each row once, in position order.
 #
 # Layouts (built by the wrappers, channel-major, samples end to end; loop lengths are rounded up
 # to a multiple of 8, so no scalar remainder loop runs; the rounding positions are scratch or
@@ -449,11 +459,18 @@ def _wide_grad_weight_naive(xp, gp, ptr, xoff, front, n_batch, stride, length, l
 
     acc (T, B, Lr) is scratch: the output channels are split into T contiguous parts, part t
     uses acc[t] only (so the parallel loop writes disjoint memory), and each output channel's
-    entries go B at a time. Per pass over a block, four samples: the cotangent rows of those
-    samples stay in cache while every entry of the block reads its four input rows."""
+    entries go B at a time. The batch sums are kept in registers (core/_jit.py: vectors): for
+    four entries and two vectors of positions (16 float32 positions), eight vector sums run down
+    the whole batch, each lane adding its samples in order from sample 0 (the order of the
+    elementwise loop), and are stored into the entries' rows once (a block's last one to three
+    entries fill the four with repeats of its last entry, which store the same values into the
+    same row), then a last vector of positions when Lr is not a multiple of two vectors.
+    Measured against the same loop with the sums in the rows (four samples per pass): 1.13 ->
+    0.77 ms on the reference layer at density 0.3, the same bytes."""
     c_out = gp.shape[0]
     parts = acc.shape[0]
     block = acc.shape[1]
+    lanes = vec_lanes(xp)
     for part in prange(parts):
         rows = acc[part]
         for o in range(part * c_out // parts, (part + 1) * c_out // parts):
@@ -462,38 +479,52 @@ def _wide_grad_weight_naive(xp, gp, ptr, xoff, front, n_batch, stride, length, l
             end = ptr[o + 1]
             while e0 < end:
                 m = min(block, end - e0)
-                for j in range(m):
-                    a = rows[j]
-                    for k in range(lr):
-                        a[k] = 0
-                n = 0
-                while n + 4 <= n_batch:
-                    b0 = front + n * stride
-                    g0 = grow[b0:b0 + lr]
-                    g1 = grow[b0 + stride:b0 + stride + lr]
-                    g2 = grow[b0 + 2 * stride:b0 + 2 * stride + lr]
-                    g3 = grow[b0 + 3 * stride:b0 + 3 * stride + lr]
-                    for j in range(m):
-                        s = xoff[e0 + j] + n * stride
-                        a = rows[j]
-                        x0 = xp[s:s + lr]
-                        x1 = xp[s + stride:s + stride + lr]
-                        x2 = xp[s + 2 * stride:s + 2 * stride + lr]
-                        x3 = xp[s + 3 * stride:s + 3 * stride + lr]
-                        for k in range(lr):
-                            a[k] = (((a[k] + g0[k] * x0[k]) + g1[k] * x1[k]) + g2[k] * x2[k]) \
-                                + g3[k] * x3[k]
-                    n += 4
-                while n < n_batch:
-                    b0 = front + n * stride
-                    g0 = grow[b0:b0 + lr]
-                    for j in range(m):
-                        s = xoff[e0 + j] + n * stride
-                        a = rows[j]
-                        x0 = xp[s:s + lr]
-                        for k in range(lr):
-                            a[k] = a[k] + g0[k] * x0[k]
-                    n += 1
+                j = 0
+                while j < m:  # four entries: eight vector sums
+                    r = min(4, m - j)  # past r, a repeat of entry j + r − 1 (the same row)
+                    s0, r0 = xoff[e0 + j], rows[j]
+                    s1, r1 = xoff[e0 + j + min(1, r - 1)], rows[j + min(1, r - 1)]
+                    s2, r2 = xoff[e0 + j + min(2, r - 1)], rows[j + min(2, r - 1)]
+                    s3, r3 = xoff[e0 + j + min(3, r - 1)], rows[j + min(3, r - 1)]
+                    k = 0
+                    while k + 2 * lanes <= lr:
+                        a0, a1, a2, a3 = vec_zero(xp), vec_zero(xp), vec_zero(xp), vec_zero(xp)
+                        b0, b1, b2, b3 = vec_zero(xp), vec_zero(xp), vec_zero(xp), vec_zero(xp)
+                        for n in range(n_batch):
+                            q = n * stride + k
+                            ga = vec_load(grow, front + q)
+                            gb = vec_load(grow, front + q + lanes)
+                            a0 = vec_add(a0, vec_mul(ga, vec_load(xp, s0 + q)))
+                            b0 = vec_add(b0, vec_mul(gb, vec_load(xp, s0 + q + lanes)))
+                            a1 = vec_add(a1, vec_mul(ga, vec_load(xp, s1 + q)))
+                            b1 = vec_add(b1, vec_mul(gb, vec_load(xp, s1 + q + lanes)))
+                            a2 = vec_add(a2, vec_mul(ga, vec_load(xp, s2 + q)))
+                            b2 = vec_add(b2, vec_mul(gb, vec_load(xp, s2 + q + lanes)))
+                            a3 = vec_add(a3, vec_mul(ga, vec_load(xp, s3 + q)))
+                            b3 = vec_add(b3, vec_mul(gb, vec_load(xp, s3 + q + lanes)))
+                        vec_store(r0, k, a0)
+                        vec_store(r0, k + lanes, b0)
+                        vec_store(r1, k, a1)
+                        vec_store(r1, k + lanes, b1)
+                        vec_store(r2, k, a2)
+                        vec_store(r2, k + lanes, b2)
+                        vec_store(r3, k, a3)
+                        vec_store(r3, k + lanes, b3)
+                        k += 2 * lanes
+                    if k < lr:  # Lr is a multiple of 8 positions: at most one vector remains
+                        a0, a1, a2, a3 = vec_zero(xp), vec_zero(xp), vec_zero(xp), vec_zero(xp)
+                        for n in range(n_batch):
+                            q = n * stride + k
+                            ga = vec_load(grow, front + q)
+                            a0 = vec_add(a0, vec_mul(ga, vec_load(xp, s0 + q)))
+                            a1 = vec_add(a1, vec_mul(ga, vec_load(xp, s1 + q)))
+                            a2 = vec_add(a2, vec_mul(ga, vec_load(xp, s2 + q)))
+                            a3 = vec_add(a3, vec_mul(ga, vec_load(xp, s3 + q)))
+                        vec_store(r0, k, a0)
+                        vec_store(r1, k, a1)
+                        vec_store(r2, k, a2)
+                        vec_store(r3, k, a3)
+                    j += r
                 j = 0
                 while j < m:  # four rows side by side: independent chains hide the add latency
                     r = min(4, m - j)
