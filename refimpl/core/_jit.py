@@ -223,7 +223,9 @@ if _numba is not None:
 # vectoriser only vectorises an innermost loop over consecutive entries, whose sums then live
 # in memory; with these, a loop over samples can carry 8 positions' sums per register
 # (masked_conv's weight gradient). A vector is VEC_BYTES wide: 8 float32 or 4 float64 lanes
-# (one AVX register; LLVM splits it on narrower machines, lane results unchanged).
+# (one AVX register; LLVM splits it on narrower machines, lane results unchanged). Numba's
+# on-disk cache keys a kernel by its own source file, not by these helpers (nor trailing_zeros):
+# after changing a helper's code generation, delete the kernels' cache (*.nbi, *.nbc files).
 VEC_BYTES = 32
 
 
@@ -237,19 +239,22 @@ def vec_zero(a):
     return np.zeros(vec_lanes(a), dtype=a.dtype)
 
 
+def _vec_bounds(name, a, i):
+    """Interpreted only: compiled, the kernel checks its bounds up front (module docstring)."""
+    if i < 0 or i + vec_lanes(a) > a.shape[0]:
+        raise IndexError(f"{name}: lanes {i}..{i + vec_lanes(a) - 1} outside "
+                         f"0..{a.shape[0] - 1}")
+
+
 def vec_load(a, i: int):
-    """a[i : i + lanes] (a 1-d contiguous; the caller keeps it in bounds)."""
-    v = a[i:i + vec_lanes(a)].copy()
-    if v.shape[0] != vec_lanes(a) or i < 0:
-        raise IndexError(f"vec_load: lanes {i}..{i + vec_lanes(a) - 1} outside 0..{a.shape[0] - 1}")
-    return v
+    """a[i : i + lanes] (a 1-d contiguous)."""
+    _vec_bounds("vec_load", a, i)
+    return a[i:i + vec_lanes(a)].copy()
 
 
 def vec_store(a, i: int, v) -> None:
-    """a[i : i + lanes] = v."""
-    if i < 0 or i + vec_lanes(a) > a.shape[0]:
-        raise IndexError(f"vec_store: lanes {i}..{i + vec_lanes(a) - 1} outside "
-                         f"0..{a.shape[0] - 1}")
+    """a[i : i + lanes] = v (a 1-d contiguous)."""
+    _vec_bounds("vec_store", a, i)
     a[i:i + vec_lanes(a)] = v
 
 
@@ -327,7 +332,8 @@ if _numba is not None:
         return vt(a), codegen
 
     def _vec_binary(op):
-        @_intrinsic
+        """An intrinsic for one LLVM float instruction on two vectors (named _v<op>)."""
+
         def binary(typingctx, u, v):
             if not (isinstance(u, _Vec) and u == v):
                 return None
@@ -337,7 +343,8 @@ if _numba is not None:
 
             return u(u, v), codegen
 
-        return binary
+        binary.__name__ = binary.__qualname__ = f"_v{op}"
+        return _intrinsic(binary)
 
     _vadd, _vmul = _vec_binary("fadd"), _vec_binary("fmul")
 
