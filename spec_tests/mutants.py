@@ -289,8 +289,11 @@ MUTANTS: tuple[Mutant, ...] = (
        KC, "        out[i] = values[j]\n        prev = i\n",
        "        out[i] = values[j] + zero\n        prev = i\n", T + "test_cache_formats.py"),
     _m("conv4-sap-ties-after-last", "CONV-4", "select_bits keeps ties after the last kept one",
-       KC, "keep = np.int64((hi[base + q] & mask) > t_)",
-       "keep = np.int64((hi[base + q] & mask) >= t_)", T + "test_cache_formats.py"),
+       KC, "keep = np.int32(u.dtype.type(hi[base + q] & mask) > t_)",
+       "keep = np.int32(u.dtype.type(hi[base + q] & mask) >= t_)", T + "test_cache_formats.py"),
+    _m("sap2-scan-drops-block-candidates", "SAP-2", "the threshold scan counts a block's "
+       "candidates but loses them from the total", KC, "        m += np.int64(m_b)\n",
+       "        m += np.int64(m_b) * 0\n", T + "test_cache_formats.py", T + "test_sap.py"),
     _m("cache1-compact-word-bytes-misplaced", "CACHE-1", "compact reads a word's bytes 7 apart",
        KC, "any byte order)\n            m |= np.uint64(bits[8 * w + q]) << np.uint64(8 * q)",
        "any byte order)\n            m |= np.uint64(bits[8 * w + q]) << np.uint64(7 * q)",

@@ -63,6 +63,7 @@ IMPLS = ("naive", "np", "jit")
 _DIGIT = 11  # bits of a radix digit: 2048 int64 counters (16 KiB) stay in L1
 _SAMPLE = 16384  # at most about this many entries, at a prime stride, bracket the threshold
 _SAMPLE_DIGIT = 14  # the sample's histogram: finer bins, a narrower bracket
+_SCAN_BLOCK = 1 << 30  # entries per block of the scan's int32 counts (no overflow)
 #: Per float width: (integer view, |x| bit mask, bit pattern of +inf).
 _BITS = {4: (np.int32, 0x7FFFFFFF, 0x7F800000),
          8: (np.int64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
@@ -70,7 +71,8 @@ _BITS = {4: (np.int32, 0x7FFFFFFF, 0x7F800000),
 
 # ---- plain loop functions (the oracle; the jit kernels are these compiled) --------------------
 # Arithmetic on the |x| patterns stays in the view's integer width (u.dtype.type): widening an
-# int32 pattern to int64 measured 2x slower in every pass.
+# int32 pattern to int64 measured 2x slower in every pass. Numba types an operation on two int32
+# values as int64, so a loop that must stay narrow casts every result back (_scan_naive).
 def _histogram_naive(u, abs_mask, shift, hist):
     """hist[d] = #{i : (|u_i| >> shift) == d}: the top digit of the |x| patterns (u: int32/int64
     view of x, any stride; hist: int64 (2**digit,), overwritten). Returns the largest |x|
@@ -101,7 +103,9 @@ def _find_bin_naive(hist, k, start):
 def _scan_naive(u, abs_mask, lo, hi, flags):
     """One pass, no branch: flags[i] = 1 for the NONZERO entries with |x| pattern in [lo, hi]
     (the candidates), else 0. Returns (entries above hi, exact zeros, candidates, the largest
-    |x| pattern)."""
+    |x| pattern). Every value is cast back to its narrow type (Numba computes on int32 in int64,
+    which halves a vector's lanes): the counts are int32 within blocks of _SCAN_BLOCK entries,
+    summed in int64 (reference layer: 54 -> 22 µs)."""
     mask = u.dtype.type(abs_mask)
     lo_ = u.dtype.type(lo)
     hi_ = u.dtype.type(hi)
@@ -109,14 +113,24 @@ def _scan_naive(u, abs_mask, lo, hi, flags):
     above = 0
     zeros = 0
     m = 0
-    for i in range(u.shape[0]):
-        a = u[i] & mask
-        top = max(top, a)
-        above += np.int64(a > hi_)
-        zeros += np.int64(a == 0)
-        f = (a >= lo_) & (a <= hi_) & (a != 0)
-        m += np.int64(f)
-        flags[i] = f
+    n = u.shape[0]
+    for b0 in range(0, n, _SCAN_BLOCK):
+        ub = u[b0:b0 + _SCAN_BLOCK]  # indexed from 0 (as in _select_bits_naive)
+        fb = flags[b0:b0 + _SCAN_BLOCK]
+        above_b = np.int32(0)
+        zeros_b = np.int32(0)
+        m_b = np.int32(0)
+        for i in range(ub.shape[0]):
+            a = u.dtype.type(ub[i] & mask)
+            top = u.dtype.type(max(top, a))
+            above_b = np.int32(above_b + np.int32(a > hi_))
+            zeros_b = np.int32(zeros_b + np.int32(a == 0))
+            f = np.uint8((a >= lo_) & (a <= hi_) & (a != 0))
+            m_b = np.int32(m_b + np.int32(f))
+            fb[i] = f
+        above += np.int64(above_b)
+        zeros += np.int64(zeros_b)
+        m += np.int64(m_b)
     return above, zeros, m, np.int64(top)
 
 
@@ -223,26 +237,27 @@ def _select_bits_naive(u, abs_mask, t, last, bits):
     split = min(max(last + 1, 0), n)  # entries [0, split) compare >=, the rest >
     kept = 0
     # direct indexing (a slice per byte measured 1.5x slower here: 80 against 53 us for the
-    # reference layer's 131,072 entries)
+    # reference layer's 131,072 entries); the byte is built in int32 (cast back after every
+    # operation, as in _scan_naive) and counted by popcount: 40 -> 33 µs
     for b in range(split // 8):
         base = 8 * b
-        byte = 0
+        byte = np.int32(0)
         for q in range(8):
-            keep = np.int64((u[base + q] & mask) >= t_)
-            byte |= keep << q
-            kept += keep
-        bits[b] = byte
+            keep = np.int32(u.dtype.type(u[base + q] & mask) >= t_)
+            byte = np.int32(byte | np.int32(keep << q))
+        bits[b] = np.uint8(byte)
+        kept += popcount(np.uint8(byte))
     b0 = split // 8 + 1
     hi = u[8 * b0:]  # indexed from 0 (an offset index keeps a wraparound branch per read)
     hi_bits = bits[b0:]
     for b in range(n // 8 - b0):
         base = 8 * b
-        byte = 0
+        byte = np.int32(0)
         for q in range(8):
-            keep = np.int64((hi[base + q] & mask) > t_)
-            byte |= keep << q
-            kept += keep
-        hi_bits[b] = byte
+            keep = np.int32(u.dtype.type(hi[base + q] & mask) > t_)
+            byte = np.int32(byte | np.int32(keep << q))
+        hi_bits[b] = np.uint8(byte)
+        kept += popcount(np.uint8(byte))
     for which in range(2):  # the byte holding ``split``, then the tail byte (if another)
         b = split // 8 if which == 0 else n // 8
         if b >= (n + 7) // 8 or (which == 1 and b == split // 8):
