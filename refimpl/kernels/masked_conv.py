@@ -292,8 +292,8 @@ def _grad_weight_naive(x, g, ptr, off, kh, kw, stride, padding, dilation, groups
 # 1, 8 and 8 instead of 9 and 9 for 7x7 (the demo's masked forward 12-17% faster, the weight
 # gradient 6-10%), with the same bytes: each output adds the same terms in the same order.
 #
-# Register blocking without reordering a sum: every loop below takes FOUR terms of one output
-# element's sum per pass (the forward and the input gradient EIGHT while eight remain, then four),
+# Register blocking without reordering a sum: the forward and the input gradient take EIGHT terms
+# of one output element's sum per pass while eight remain, then four, two and one, each pass
 # written as one left-to-right expression ((((a + t0) + t1) + t2) + t3), which is exactly the
 # order of separate passes (no fastmath: LLVM may not reassociate), so the results are
 # bit-identical to one term per pass while the accumulator is loaded and stored four (eight)
