@@ -34,6 +34,7 @@ Flags live here and nowhere else (STYLE 4):
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import types
@@ -109,6 +110,85 @@ if HAVE_NUMBA:
     prange = _numba.prange
 else:
     prange = range
+
+
+# ---- the on-disk cache: a kernel also depends on the compiled helpers it calls ----------------
+# Numba keys a cached kernel by the hash of its own source file. A kernel that calls a compiled
+# helper of another file (the vectors and bit operations below, kernels/sums.py's pairwise sum)
+# has that helper's machine code inside its cached build, so a change to the helper alone would
+# leave the old code running until the cache was deleted. The cached builds of refimpl's
+# kernels therefore carry the hash of these files in their stamp as well: a change to one of
+# them recompiles every refimpl kernel once. spec_tests/test_kernel_cache.py checks that every
+# module a kernel file imports compiled code from is listed here.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the refimpl package
+#: Files (relative to the refimpl package) whose compiled helpers kernels of other files call.
+HELPER_SOURCES = ("core/_jit.py", "kernels/sums.py")
+_stamps: dict = {}
+
+
+def helpers_stamp(root: str = _ROOT, names=HELPER_SOURCES) -> str:
+    """SHA-256 over the helper files' bytes (recomputed when a file's size or time changes)."""
+    stats = [os.stat(os.path.join(root, name)) for name in names]
+    key = (root, *((name, st.st_size, st.st_mtime_ns) for name, st in zip(names, stats)))
+    if key not in _stamps:
+        digest = hashlib.sha256()
+        for name in names:
+            with open(os.path.join(root, name), "rb") as f:
+                digest.update(name.encode() + b"\0" + f.read() + b"\0")
+        _stamps[key] = digest.hexdigest()
+    return _stamps[key]
+
+
+_caching = None
+if _numba is not None:
+    from numba.core import caching as _caching
+
+    # The locator list is numba's (CacheImpl._locator_classes, read at every cached decoration).
+    _CACHE_IMPL = getattr(_caching, "CacheImpl", getattr(_caching, "_CacheImpl", None))
+    if _CACHE_IMPL is None or not hasattr(_caching, "_CacheLocator"):  # pragma: no cover
+        _caching = None  # another numba: its own stamps only (HELPER_STAMPED is False)
+
+if _caching is not None:
+
+    class _HelperStampedLocator(_caching._CacheLocator):
+        """Numba's own choice of cache location for a function of the refimpl package, with
+        :func:`helpers_stamp` added to its source stamp (other functions: not ours to place)."""
+
+        root = _ROOT
+
+        def __init__(self, inner):
+            self._inner = inner
+            self._py_file = getattr(inner, "_py_file", None)  # numba's warnings name it
+
+        def ensure_cache_path(self):
+            self._inner.ensure_cache_path()
+
+        def get_cache_path(self):
+            return self._inner.get_cache_path()
+
+        def get_disambiguator(self):
+            return self._inner.get_disambiguator()
+
+        def get_source_stamp(self):
+            return (self._inner.get_source_stamp(), helpers_stamp(self.root))
+
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if not os.path.abspath(py_file).startswith(os.path.join(cls.root, "")):
+                return None
+            for other in _CACHE_IMPL._locator_classes:
+                if other is not cls and not issubclass(other, cls):
+                    inner = other.from_function(py_func, py_file)
+                    if inner is not None:
+                        return cls(inner)
+            return None
+
+    if not any(issubclass(c, _HelperStampedLocator)
+               for c in _CACHE_IMPL._locator_classes):
+        _CACHE_IMPL._locator_classes.insert(0, _HelperStampedLocator)
+
+#: True when refimpl's cached kernel builds carry :func:`helpers_stamp` (numba's cache API known).
+HELPER_STAMPED: bool = _caching is not None
 
 
 def njit(fn=None, *, parallel: bool = False):
@@ -223,9 +303,8 @@ if _numba is not None:
 # vectoriser only vectorises an innermost loop over consecutive entries, whose sums then live
 # in memory; with these, a loop over samples can carry 8 positions' sums per register
 # (masked_conv's weight gradient). A vector is VEC_BYTES wide: 8 float32 or 4 float64 lanes
-# (one AVX register; LLVM splits it on narrower machines, lane results unchanged). Numba's
-# on-disk cache keys a kernel by its own source file, not by these helpers (nor trailing_zeros):
-# after changing a helper's code generation, delete the kernels' cache (*.nbi, *.nbc files).
+# (one AVX register; LLVM splits it on narrower machines, lane results unchanged). The
+# kernels' cached builds carry this file's hash (HELPER_SOURCES): a change here recompiles them.
 VEC_BYTES = 32
 
 
