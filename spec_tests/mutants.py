@@ -472,10 +472,14 @@ MUTANTS: tuple[Mutant, ...] = (
        "b0 = vec_add(b0, vec_mul(ga, vec_load(xp, s0 + q + lanes)))",
        T + "test_kernels.py::test_wide_rows_kernels_are_the_loops_bit_for_bit",
        T + "test_kernels.py::test_masked_kernels_agree_with_dense_on_masked_weight"),
-    _m("mask3-wide-grad-weight-second-entry-first-row", "MASK-3", "the weight gradient's "
-       "second entry of four stores its sums into the first entry's row", MKF,
-       "s1, r1 = xoff[e0 + j + min(1, r - 1)], rows[j + min(1, r - 1)]",
-       "s1, r1 = xoff[e0 + j + min(1, r - 1)], rows[j]",
+    _m("mask3-wide-grad-weight-second-entry-first-offset", "MASK-3", "the weight gradient's "
+       "second entry of four reads the input at the first entry's offset", MKF,
+       "s1 = xoff[e + min(1, r - 1)]", "s1 = xoff[e]",
+       T + "test_kernels.py::test_wide_rows_kernels_are_the_loops_bit_for_bit",
+       T + "test_kernels.py::test_masked_kernels_agree_with_dense_on_masked_weight"),
+    _m("mask3-wide-grad-weight-drops-a-position", "MASK-3", "the weight gradient's running sum "
+       "leaves out the last position of each first vector", MKF,
+       "t0 = vec_accumulate(t0, a0, length - k)", "t0 = vec_accumulate(t0, a0, length - k - 1)",
        T + "test_kernels.py::test_wide_rows_kernels_are_the_loops_bit_for_bit",
        T + "test_kernels.py::test_masked_kernels_agree_with_dense_on_masked_weight"),
     _m("mask3-fallback-fwd-dense-weight", "MASK-3", "forward fallback convolves the raw weight",

@@ -3,7 +3,8 @@
 outlive a change to the code inside it. Numba keys a cached build by its own source file; a
 kernel that calls a compiled helper of another file (refimpl/core/_jit.py's vectors and bit
 operations, kernels/sums.py's pairwise sum) also carries the hash of the files in
-``HELPER_SOURCES`` in its stamp (refimpl/core/_jit.py)."""
+``HELPER_SOURCES`` in its stamp (refimpl/core/_jit.py), and so do the compiled functions of
+the tests and benchmarks, which call the helpers as well."""
 
 import importlib.util
 import inspect
@@ -86,9 +87,15 @@ def test_refimpl_kernels_carry_the_helper_stamp_and_other_functions_do_not(tmp_p
     assert loc is not None
     inner, helpers = loc.get_source_stamp()
     assert helpers == _jit.helpers_stamp() and inner  # numba's own stamp of the file, kept
+    here = _jit._HelperStampedLocator.from_function(_vectors_probe, __file__)
+    assert here is not None and here.get_source_stamp()[1] == helpers  # tests call helpers too
     outside = tmp_path / "elsewhere.py"
     outside.write_text("def f(x):\n    return x\n")
     assert _jit._HelperStampedLocator.from_function(lambda x: x, str(outside)) is None
+
+
+def _vectors_probe(a):
+    return _jit.vec_lanes(a)
 
 
 def test_helpers_stamp_follows_every_byte_of_every_helper_file(tmp_path):
@@ -117,6 +124,7 @@ def test_a_changed_helper_file_recompiles_a_cached_kernel(tmp_path, monkeypatch)
         (root / name).write_text("# helper\n")
     (root / "kern.py").write_text("def kern(x):\n    return x * 2.0 + 1.0\n")
     monkeypatch.setattr(_jit._HelperStampedLocator, "root", str(root))
+    monkeypatch.setattr(_jit._HelperStampedLocator, "scope", (str(root),))
     spec = importlib.util.spec_from_file_location("refimpl_cache_probe_kern", root / "kern.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

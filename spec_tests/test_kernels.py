@@ -462,6 +462,46 @@ def _vector_sums(u, v, out):
 _vector_sums_jit = _jit.njit(_vector_sums)
 
 
+def _running_sums(u, counts, start, out):
+    """out[j] = start + u's first counts[j] entries of vector j added one by one (vec_accumulate,
+    the way the masked weight gradient continues an entry's sum over positions)."""
+    lanes = _jit.vec_lanes(u)
+    for j in range(out.shape[0]):
+        out[j] = _jit.vec_accumulate(start, _jit.vec_load(u, j * lanes), counts[j])
+    return out
+
+
+_running_sums_jit = _jit.njit(_running_sums)
+
+
+@given(st.integers(1, 6), seeds, dtypes)
+def test_vec_accumulate_adds_lanes_in_order_compiled_and_interpreted(vectors, seed, dtype):
+    """vec_accumulate(t, v, c) is ((t + v[0]) + v[1]) + ... over the first c lanes (c clipped to
+    0..lanes; a whole vector's adds unrolled when compiled): the same bits compiled and
+    interpreted as the scalar loop, special values included (NaN: sign and payload free)."""
+    lanes = 32 // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal(vectors * lanes).astype(dtype)
+    pick = rng.random(u.shape) < 0.2
+    u[pick] = np.array(_SPECIALS, dtype=dtype)[rng.integers(0, len(_SPECIALS), pick.sum())]
+    counts = rng.integers(-2, lanes + 3, vectors).astype(np.int64)
+    counts[0] = lanes  # the unrolled whole vector, always
+    start = dtype(rng.standard_normal())
+    want = np.empty(vectors, dtype)
+    with np.errstate(all="ignore"):
+        for j in range(vectors):
+            t = start
+            for i in range(min(max(int(counts[j]), 0), lanes)):
+                t = dtype(t + u[j * lanes + i])
+            want[j] = t
+        got = [f(u, counts, start, np.full(vectors, np.nan, dtype))
+               for f in (_running_sums, _running_sums_jit)]
+    nan = np.isnan(want)
+    for g in got:
+        assert np.array_equal(np.isnan(g), nan)
+        assert g[~nan].tobytes() == want[~nan].tobytes()
+
+
 @given(st.integers(1, 6), st.integers(1, 5), seeds, dtypes)
 def test_vector_helpers_compiled_match_python_and_scalar_loops(rows, vectors, seed, dtype):
     """core/_jit's register vectors (8 float32 or 4 float64 lanes) compute, lane by lane, what the

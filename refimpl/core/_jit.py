@@ -151,10 +151,15 @@ if _numba is not None:
 if _caching is not None:
 
     class _HelperStampedLocator(_caching._CacheLocator):
-        """Numba's own choice of cache location for a function of the refimpl package, with
-        :func:`helpers_stamp` added to its source stamp (other functions: not ours to place)."""
+        """Numba's own choice of cache location for a function of the refimpl package (or of a
+        checkout's tests and benchmarks), with :func:`helpers_stamp` added to its source stamp
+        (other functions: not ours to place)."""
 
-        root = _ROOT
+        root = _ROOT  # where HELPER_SOURCES are
+        #: Whose functions get the stamp: the package, and a checkout's tests and benchmarks
+        #: (their compiled functions call the helpers too).
+        scope = (_ROOT, *(os.path.join(os.path.dirname(_ROOT), d)
+                          for d in ("spec_tests", "benchmarks")))
 
         def __init__(self, inner):
             self._inner = inner
@@ -174,7 +179,8 @@ if _caching is not None:
 
         @classmethod
         def from_function(cls, py_func, py_file):
-            if not os.path.abspath(py_file).startswith(os.path.join(cls.root, "")):
+            path = os.path.abspath(py_file)
+            if not any(path.startswith(os.path.join(d, "")) for d in cls.scope):
                 return None
             for other in _CACHE_IMPL._locator_classes:
                 if other is not cls and not issubclass(other, cls):
@@ -347,6 +353,15 @@ def vec_mul(u, v):
     return u * v
 
 
+def vec_accumulate(t, v, count: int):
+    """((t + v[0]) + v[1]) + ... + v[count − 1]: the first ``count`` lanes (clipped to 0..lanes)
+    added to the scalar t one by one, in lane order (a vector of positions continuing a running
+    sum in position order). Compiled, a whole vector's adds unroll with constant lane indices."""
+    for i in range(min(count, v.shape[0])):
+        t = t + v[i]
+    return t
+
+
 if _numba is not None:
     from numba.core.datamodel import models as _models
     from numba.extending import register_model as _register_model
@@ -427,6 +442,16 @@ if _numba is not None:
 
     _vadd, _vmul = _vec_binary("fadd"), _vec_binary("fmul")
 
+    @_intrinsic
+    def _vget(typingctx, v, i):
+        if not (isinstance(v, _Vec) and isinstance(i, _types.Integer)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return builder.extract_element(args[0], args[1])
+
+        return v.dtype(v, i), codegen
+
     @_overload(vec_lanes)
     def _vec_lanes_compiled(a):
         if _vec_array(a):
@@ -453,6 +478,23 @@ if _numba is not None:
     @_overload(vec_mul)
     def _vec_mul_compiled(u, v):
         return (lambda u, v: _vmul(u, v)) if isinstance(u, _Vec) else None
+
+    @_overload(vec_accumulate)
+    def _vec_accumulate_compiled(t, v, count):
+        if not isinstance(v, _Vec):
+            return None
+        lanes = v.lanes
+
+        def accumulate(t, v, count):
+            if count >= lanes:  # a constant trip count: unrolled, each lane a constant index
+                for i in range(lanes):
+                    t += _vget(v, i)
+            else:
+                for i in range(count):
+                    t += _vget(v, i)
+            return t
+
+        return accumulate
 
 
 def set_num_threads(n: int) -> None:
