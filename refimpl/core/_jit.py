@@ -117,9 +117,10 @@ else:
 # helper of another file (the vectors and bit operations below, kernels/sums.py's pairwise sum)
 # has that helper's machine code inside its cached build, so a change to the helper alone would
 # leave the old code running until the cache was deleted. The cached builds of refimpl's
-# kernels therefore carry the hash of these files in their stamp as well: a change to one of
-# them recompiles every refimpl kernel once. spec_tests/test_kernel_cache.py checks that every
-# module a kernel file imports compiled code from is listed here.
+# kernels (and of the compiled functions in a checkout's tests and benchmarks, which call the
+# helpers too) therefore carry the hash of these files in their stamp as well: a change to one
+# of them recompiles them all once. spec_tests/test_kernel_cache.py checks that every file whose
+# compiled code a kernel calls is listed here.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the refimpl package
 #: Files (relative to the refimpl package) whose compiled helpers kernels of other files call.
 HELPER_SOURCES = ("core/_jit.py", "kernels/sums.py")
