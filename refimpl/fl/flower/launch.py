@@ -304,32 +304,25 @@ class LocalFederation:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
-            left = self._saw()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            left = self._running()
             if not left:
                 break
             _signal(left, sig)
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and token_processes(self.token):
-                time.sleep(0.1)
-        # A process that is exiting has already given up its environment (the sweep above no
-        # longer finds it) but is still running until the kernel reaps it: wait for every
-        # process this federation saw, by PID and start time (a reused PID is another process).
-        for sig in (None, signal.SIGKILL):
-            if sig is not None:
-                _signal(self._running(), sig)
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline and self._running():
                 time.sleep(0.05)
-            if not self._running():
-                break
-        left = set(token_processes(self.token)) | set(self._running())
+        left = self._running()
         if left:
             raise FlowerRunError(f"processes {sorted(left)} of the Flower federation did not "
                                  f"stop")
 
     def _running(self) -> list[int]:
-        """The processes this federation saw that are still running (:func:`alive`)."""
+        """This federation's processes still running: every process it saw (the token's, swept
+        again now), by PID and start time (:func:`alive`; a reused PID is another process). Not
+        only the sweep's: a process that is exiting has already given up its environment, so the
+        sweep no longer finds it, but it runs until the kernel reaps it."""
+        self._saw()
         return [pid for pid, (start, _) in self.seen.items() if alive(pid, start)]
 
 
