@@ -23,7 +23,8 @@ if ROOT not in sys.path:  # run as a script from a checkout
 
 # PyTorch first: it loads its OpenMP runtime with the environment as the user left it, before
 # refimpl.core._jit sets OMP_WAIT_POLICY (passive), so the peer runs with its defaults; refimpl
-# then compiles its parallel kernels serial (refimpl/core/_jit.py: SERIAL_KERNELS).
+# then gives Numba's OpenMP layer a runtime of its own with passive waits (refimpl/core/_jit.py:
+# _own_openmp_runtime), or, where it cannot, compiles its parallel kernels serial.
 # REFIMPL_BENCH_NO_TORCH=1: a child process that times refimpl alone, as a user runs it.
 if os.environ.get("REFIMPL_BENCH_NO_TORCH") != "1":
     try:
@@ -89,13 +90,18 @@ class Figure:
         return {"median": self.median, "min": self.lo, "max": self.hi, "n": len(self.samples)}
 
 
-#: Inner runs per case for millisecond operations (one conv layer's step). After its last call a
-#: library's worker threads keep spinning for several milliseconds (PyTorch's OpenMP team,
-#: OpenBLAS's threads), and the next case's first runs share the cores with them. On the
-#: reference conv layer, with PyTorch interleaved, the best of 3 gave refimpl 3.61 ms median
-#: (2.97..4.58) against 2.92 with nothing interleaved, and PyTorch 2.13 (1.95..5.26); the best of
-#: 10 gave 2.84 (2.78..3.01) and 1.94 (1.88..2.04): both sides timed past the other's threads.
-OP_INNER = 10
+#: Inner runs per case for millisecond operations (one conv layer's step); each case keeps its
+#: best. After its last call a library's worker threads keep spinning, and the next case's first
+#: runs share the two cores with them: PyTorch's OpenMP team for about 9 ms (its process CPU
+#: time while it sleeps right after a conv step: 0.46 of the wall time over 20 ms, 0.18 over
+#: 50 ms), OpenBLAS's threads for about 110 ms (but they yield, and PyTorch's step timed right
+#: after an sgemm was no slower). On the reference conv layer, with PyTorch interleaved, the
+#: best of 3 gave refimpl 3.61 ms median (2.97..4.58) against 2.92 with nothing interleaved,
+#: and the best of 10 gave 2.84 (2.78..3.01). Ten runs of a sub-millisecond step can all fall
+#: inside PyTorch's 9 ms: the masked conv at density 0.1 with parallel kernels came out at
+#: 0.57, 0.57 and 0.44x PyTorch in three runs with 10, and 0.44, 0.45 and 0.44x with 30.
+#: Both cases get the same count, so neither gains from a longer best-of.
+OP_INNER = 30
 
 
 def paired(cases: dict, repeats: int = 7, inner: int = 3, warmup: int = 1) -> dict:

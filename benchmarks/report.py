@@ -7,11 +7,12 @@ its load and the thread counts in the header, and each convolution's achieved GF
 machine's measured sgemm rate (the physical limit). The targets are those of issue 12.
 
 Three figures also take a second process. PyTorch loads first here (its OpenMP runtime then
-keeps PyTorch's default, spinning wait policy), so refimpl compiles its parallel kernels serial in
-the in-process rows (refimpl/core/_jit.py). As a user runs it, without PyTorch in the process,
-refimpl runs them in parallel on OpenMP with passive waits. The round, the dense training and the
-masked conv are therefore also timed in a child process that never loads PyTorch, and that time
-is divided by the in-process PyTorch time.
+keeps PyTorch's default, spinning wait policy); refimpl's parallel kernels run on an OpenMP
+runtime of their own with passive waits (or, where that cannot be had, serial: the header says
+which; refimpl/core/_jit.py). As a user runs it, without PyTorch in the process, they run in
+parallel on OpenMP with passive waits. The round, the dense training and the masked conv are
+also timed in a child process that never loads PyTorch, and that time is divided by the
+in-process PyTorch time.
 
     .venv/bin/python benchmarks/report.py [--threads 2] [--repeats 5] [--out docs/performance.md]
 """
@@ -35,6 +36,7 @@ import round as round_bench
 import sap
 from _common import ROOT, Figure, machine, set_threads
 
+from refimpl.core import _jit
 from refimpl.fl.store import atomic_write_text
 
 #: Where the measurements wait while the page is rendered (removed once it is written).
@@ -113,6 +115,8 @@ def render(res: dict, threads: int, repeats: int) -> str:
     info = machine()
     c, m, r, a, s = res["conv"], res["masked"], res["round"], res["alone"], res["sap"]
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    threads_note = ("compiled serial" if _jit.SERIAL_KERNELS else
+                    "parallel, Numba layer: " + _jit.threading_choice())
     lines = [
         "# Performance",
         "",
@@ -155,7 +159,7 @@ def render(res: dict, threads: int, repeats: int) -> str:
     lines += [
         "",
         "PyTorch loads first here and keeps its OpenMP runtime's default (spinning) wait "
-        "policy, so refimpl compiles its parallel kernels serial in the in-process rows "
+        f"policy; refimpl's parallel kernels in the in-process rows: {threads_note} "
         "(refimpl/core/_jit.py, docs/decisions.md). The rows \"timed without PyTorch\" time "
         "the same work in a child process that never loads PyTorch (parallel kernels on OpenMP "
         "with passive waits, as a user runs it), divided by the in-process PyTorch median: the "

@@ -1,10 +1,11 @@
 # covers: RNG-1
 """How the parallel kernels run is chosen for speed only: with an OpenMP runtime already loaded
-(PyTorch imported first) refimpl compiles them serial (and any other parallel Numba code runs
-on the ``workqueue`` layer), otherwise they run on Numba's default layer with passive OpenMP
-waits (refimpl/core/_jit.py, docs/decisions.md). Every parallel kernel gives the same bytes
-serial, under either layer and at any thread count, so a run is bit-identical whichever was
-chosen (RNG-1)."""
+from another file (PyTorch's own copy), Numba's OpenMP layer gets a runtime of its own with
+passive waits; with the very runtime Numba's layer links already loaded, refimpl compiles them
+serial (and any other parallel Numba code runs on the ``workqueue`` layer); otherwise they run
+on Numba's default layer with passive OpenMP waits (refimpl/core/_jit.py, docs/decisions.md).
+Every parallel kernel gives the same bytes serial, under either layer and at any thread count,
+so a run is bit-identical whichever was chosen (RNG-1)."""
 
 import ctypes.util
 import json
@@ -73,8 +74,17 @@ gb = rng.standard_normal(x.shape).astype(np.float32)
 xh, y = NK.bn_forward(x, b[:3], b[3:], w[0, :, 0, 0], b[:3], True)
 put(xh, y, NK.bn_grad_input(gb, xh, w[0, :, 0, 0], b[3:], b[:3], b[3:], True),
     NK.bn_grad_input(gb, None, None, b[3:], None, None, False))
+import time
+busy = []
+for _ in range(3):  # a parallel region every 2 ms: spinning workers keep a core busy between them
+    c0, t0 = time.process_time(), time.perf_counter()
+    for _ in range(20):
+        fresh(np.zeros(64))
+        time.sleep(0.002)
+    busy.append((time.process_time() - c0) / (time.perf_counter() - t0))
 print(json.dumps({"layer": numba.threading_layer(), "choice": _jit.threading_choice(),
-                  "serial": _jit.SERIAL_KERNELS, "digest": h.hexdigest()}))
+                  "serial": _jit.SERIAL_KERNELS, "digest": h.hexdigest(),
+                  "busy": min(busy)}))
 """
 
 
@@ -116,6 +126,42 @@ def test_a_preloaded_openmp_runtime_makes_the_kernels_serial_with_the_same_bytes
     assert numba_first["digest"] == preloaded["digest"]
     assert plain["layer"] != "workqueue" or "omp" not in numba_layers(), plain
     assert preloaded["digest"] == plain["digest"]
+
+
+def test_a_runtime_loaded_from_another_file_leaves_numba_its_own_passive_runtime(tmp_path):
+    """PyTorch brings its own copy of libgomp (torch/lib/libgomp.so.1), loaded globally with
+    PyTorch's wait policy (its workers spin). Numba's OpenMP layer is then loaded bound to the
+    system's runtime (RTLD_DEEPBIND), which reads refimpl's passive default: the kernels stay
+    parallel, its workers sleep between kernels, and the bytes do not change."""
+    gomp = _gomp()
+    found = next((p for p in _library_dirs() if (p / gomp).exists()), None)
+    if found is None:
+        pytest.skip(f"{gomp} not found on disk")
+    vendored = tmp_path / "vendored"
+    vendored.mkdir()
+    copy = vendored / gomp
+    copy.write_bytes((found / gomp).resolve().read_bytes())
+    plain = _probe("")
+    for order in ("refimpl-first", "numba-first"):
+        own = _probe(str(copy), order=order)
+        if "omp" not in numba_layers():
+            assert own["serial"], own
+            continue
+        assert not own["serial"] and own["layer"] == "omp", own
+        assert "of its own" in own["choice"] and "passive" in own["choice"], own
+        assert own["digest"] == plain["digest"]
+        assert own["busy"] < 0.5, own  # sleeping workers (spinning ones measured about 1.0)
+    shared = _probe(gomp)  # the very file Numba's layer links: one runtime, kernels serial
+    assert shared["serial"] and shared["layer"] == "workqueue", shared
+
+
+def _library_dirs() -> list:
+    """Where the dynamic loader looks for system libraries (ldconfig's cache, then the usual)."""
+    out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True)
+    dirs = [Path(line.rsplit("=>", 1)[1].strip()).parent for line in out.stdout.splitlines()
+            if "=>" in line and "libgomp" in line]
+    return dirs + [Path(p) for p in ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib",
+                                     "/lib/x86_64-linux-gnu")]
 
 
 def test_the_users_layer_and_thread_count_are_kept_and_change_no_byte():

@@ -19,17 +19,23 @@ Flags live here and nowhere else (STYLE 4):
   demo round: 2.72 s spinning, 1.08 s passive). It must be set before the OpenMP runtime loads,
   hence here, before the first kernel compiles.
 - When an OpenMP runtime is already loaded as refimpl loads (PyTorch imported first, as in the
-  cross-check tests and benchmarks), that runtime has fixed its wait policy and Numba's OpenMP
-  layer would share it: its workers spin, and a demo round ran 2.6x slower (``benchmarks/
-  round.py``: 2.58 s against 1.20 s). Numba's own ``workqueue`` layer avoided that (1.20 s), but
-  its hand-off costs on every launch, and the same round with the kernels compiled serial took
-  0.86-0.92 s against 1.08-1.21 s on workqueue (docs/decisions.md). So in that case the
-  ``parallel`` kernels are compiled serial (:data:`SERIAL_KERNELS`; each under its own name, so
-  the on-disk cache keeps the two builds apart), and any other parallel Numba code of the
-  process runs on ``workqueue``, unless the user chose a layer (``NUMBA_THREADING_LAYER``) or
-  the loaded runtime waits passively anyway. Results do not depend on either choice: every
-  parallel kernel's iterations write disjoint memory in a fixed order
-  (spec_tests/test_threading_layer.py).
+  cross-check tests and benchmarks), it has fixed its wait policy (PyTorch's default spins), and
+  Numba's OpenMP layer would call into it: the layer's library needs ``libgomp``, and the
+  runtime loaded first (PyTorch's own copy, torch/lib/libgomp.so.1) answers those calls even
+  though the system's copy is mapped too. A demo round then ran 2.6x slower
+  (``benchmarks/round.py``: 2.58 s against 1.20 s). So the layer's library is loaded here with
+  ``RTLD_DEEPBIND``: it binds the system's runtime, which reads the passive default as it loads,
+  and the kernels stay parallel with sleeping workers, as in a process without PyTorch
+  (:func:`_own_openmp_runtime`; the masked conv of ``benchmarks/masked_conv.py`` at density 0.1
+  0.43-0.44x PyTorch's dense conv in the same process, against 0.49-0.57x serial). When that
+  cannot work (the very file Numba's layer links was loaded first, or no ``RTLD_DEEPBIND``),
+  the ``parallel`` kernels are compiled serial (:data:`SERIAL_KERNELS`; each under its own name,
+  so the on-disk cache keeps the two builds apart), and any other parallel Numba code of the
+  process runs on ``workqueue``: its hand-off costs on every launch (a round 1.08-1.21 s against
+  0.86-0.92 s serial, docs/decisions.md). Neither applies when the user chose a layer
+  (``NUMBA_THREADING_LAYER``) or the loaded runtime waits passively anyway. Results do not
+  depend on any of these choices: every parallel kernel's iterations write disjoint memory in a
+  fixed order (spec_tests/test_threading_layer.py).
 """
 
 from __future__ import annotations
@@ -68,14 +74,54 @@ _preloaded_openmp = openmp_loaded()
 _passive = os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive"
 if "GOMP_SPINCOUNT" not in os.environ:
     os.environ.setdefault("OMP_WAIT_POLICY", "passive")
-_workqueue = ("NUMBA_THREADING_LAYER" not in os.environ and _preloaded_openmp and not _passive)
+_contended = ("NUMBA_THREADING_LAYER" not in os.environ and _preloaded_openmp and not _passive)
 
 try:  # pragma: no cover - exercised by the numba-absent subprocess test
     import numba as _numba
 except ImportError:  # numba absent: kernels run as plain Python
     _numba = None
 
-if _numba is not None and _workqueue:
+
+def _openmp_files() -> set:
+    """Paths of the OpenMP runtimes mapped into this process (Linux; empty elsewhere)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split(None, 5)[-1].strip() for line in f if "/" in line}
+    except OSError:
+        return set()
+    return {p for p in paths if shared_openmp(p.rsplit("/", 1)[-1])}
+
+
+def _own_openmp_runtime() -> bool:
+    """Load Numba's OpenMP layer bound to a runtime of its own; whether that worked.
+
+    The layer's library is loaded with RTLD_DEEPBIND, so it binds the runtime it was linked
+    against (the system's libgomp) instead of the symbols of a runtime already loaded
+    globally (PyTorch's copy). That runtime reads its settings as it loads, after the
+    OMP_WAIT_POLICY default above. It counts as its own only if it is a file not mapped
+    before; a process that had preloaded the very same file shares it, and gets False."""
+    if _numba is None or not hasattr(os, "RTLD_DEEPBIND") or not sys.platform.startswith(
+            "linux") or "numba.np.ufunc.omppool" in sys.modules:
+        return False
+    before = _openmp_files()
+    flags = sys.getdlopenflags()
+    sys.setdlopenflags(flags | os.RTLD_DEEPBIND)
+    try:
+        import numba.np.ufunc.omppool  # noqa: F401
+    except ImportError:  # no OpenMP runtime for Numba on this machine
+        return False
+    finally:
+        sys.setdlopenflags(flags)
+    return bool(_openmp_files() - before)
+
+
+_own_openmp = _contended and _own_openmp_runtime()
+_workqueue = _contended and not _own_openmp
+
+if _numba is not None and _own_openmp:
+    _numba.config.reload_config()
+    _numba.config.THREADING_LAYER = "omp"
+elif _numba is not None and _workqueue:
     # On the config object, not in the environment (child processes would inherit it). Numba
     # re-reads its configuration from the environment whenever a NUMBA_* variable changed since
     # it last read it (at every compile), which would undo the assignment: NUMBA_OPT was just
@@ -98,6 +144,9 @@ def threading_choice() -> str:
     if SERIAL_KERNELS:
         return ("serial kernels, other parallel code on workqueue (an OpenMP runtime was "
                 "already loaded with its own wait policy)")
+    if _own_openmp:
+        return ("omp on a runtime of its own (another OpenMP runtime was already loaded), "
+                "OMP_WAIT_POLICY=" + os.environ.get("OMP_WAIT_POLICY", "unset"))
     return ("numba's default (the first of tbb, omp, workqueue it can load), OMP_WAIT_POLICY="
             + os.environ.get("OMP_WAIT_POLICY", "unset"))
 
