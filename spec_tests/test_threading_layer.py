@@ -157,8 +157,11 @@ def test_a_runtime_loaded_from_another_file_leaves_numba_its_own_passive_runtime
 
 def _library_dirs() -> list:
     """Where the dynamic loader looks for system libraries (ldconfig's cache, then the usual)."""
-    out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True)
-    dirs = [Path(line.rsplit("=>", 1)[1].strip()).parent for line in out.stdout.splitlines()
+    try:
+        out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
+    except OSError:  # no ldconfig on PATH: the usual directories only
+        out = ""
+    dirs = [Path(line.rsplit("=>", 1)[1].strip()).parent for line in out.splitlines()
             if "=>" in line and "libgomp" in line]
     return dirs + [Path(p) for p in ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib",
                                      "/lib/x86_64-linux-gnu")]
