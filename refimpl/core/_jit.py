@@ -52,16 +52,23 @@ import numpy as np
 _OPENMP_SONAMES = ("libgomp.so", "libomp.so", "libiomp5.so")
 
 
+def _openmp_files():
+    """Paths of the OpenMP runtimes mapped into this process (/proc/self/maps), or None where
+    that cannot be read (not Linux)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split(None, 5)[-1].strip() for line in f if "/" in line}
+    except OSError:
+        return None
+    return {p for p in paths if shared_openmp(p.rsplit("/", 1)[-1])}
+
+
 def openmp_loaded() -> bool:
     """Whether an OpenMP runtime that Numba's OpenMP layer would share is already mapped into
     this process (Linux: /proc/self/maps; elsewhere: whether PyTorch, which brings one, is
     imported)."""
-    try:
-        with open("/proc/self/maps") as f:
-            names = {line.rsplit("/", 1)[-1].strip() for line in f if "/" in line}
-    except OSError:
-        return "torch" in sys.modules
-    return any(shared_openmp(name) for name in names)
+    files = _openmp_files()
+    return "torch" in sys.modules if files is None else bool(files)
 
 
 def shared_openmp(file_name: str) -> bool:
@@ -82,16 +89,6 @@ except ImportError:  # numba absent: kernels run as plain Python
     _numba = None
 
 
-def _openmp_files() -> set:
-    """Paths of the OpenMP runtimes mapped into this process (Linux; empty elsewhere)."""
-    try:
-        with open("/proc/self/maps") as f:
-            paths = {line.split(None, 5)[-1].strip() for line in f if "/" in line}
-    except OSError:
-        return set()
-    return {p for p in paths if shared_openmp(p.rsplit("/", 1)[-1])}
-
-
 def _own_openmp_runtime() -> bool:
     """Load Numba's OpenMP layer bound to a runtime of its own; whether that worked.
 
@@ -100,10 +97,10 @@ def _own_openmp_runtime() -> bool:
     globally (PyTorch's copy). That runtime reads its settings as it loads, after the
     OMP_WAIT_POLICY default above. It counts as its own only if it is a file not mapped
     before; a process that had preloaded the very same file shares it, and gets False."""
-    if _numba is None or not hasattr(os, "RTLD_DEEPBIND") or not sys.platform.startswith(
-            "linux") or "numba.np.ufunc.omppool" in sys.modules:
-        return False
     before = _openmp_files()
+    if (_numba is None or before is None or not hasattr(os, "RTLD_DEEPBIND")
+            or "numba.np.ufunc.omppool" in sys.modules):
+        return False
     flags = sys.getdlopenflags()
     sys.setdlopenflags(flags | os.RTLD_DEEPBIND)
     try:
@@ -118,17 +115,14 @@ def _own_openmp_runtime() -> bool:
 _own_openmp = _contended and _own_openmp_runtime()
 _workqueue = _contended and not _own_openmp
 
-if _numba is not None and _own_openmp:
-    _numba.config.reload_config()
-    _numba.config.THREADING_LAYER = "omp"
-elif _numba is not None and _workqueue:
+if _numba is not None and (_own_openmp or _workqueue):
     # On the config object, not in the environment (child processes would inherit it). Numba
     # re-reads its configuration from the environment whenever a NUMBA_* variable changed since
     # it last read it (at every compile), which would undo the assignment: NUMBA_OPT was just
     # set above, so re-read first. Numba picks the layer at the process's first parallel
     # launch, so this holds unless other code launched a Numba parallel function before.
     _numba.config.reload_config()
-    _numba.config.THREADING_LAYER = "workqueue"
+    _numba.config.THREADING_LAYER = "omp" if _own_openmp else "workqueue"
 
 
 #: True when the ``parallel`` kernels are compiled serial (module docstring).
