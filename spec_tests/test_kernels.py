@@ -95,6 +95,54 @@ def test_dense_data_moves_are_bit_identical_twins(cfg, seed, dtype):
     assert got["naive"] == got["np"] == got["jit"]
 
 
+@st.composite
+def _same_width_case(draw):
+    """A geometry of the shift moves: stride 1, no dilation, 2·pw = KW − 1 (so OW = W), any ph
+    (so OH may differ from H)."""
+    kh, kw = draw(st.integers(1, 5)), draw(st.sampled_from([1, 3, 5]))
+    ph = draw(st.integers(0, 3))
+    return dict(n=draw(st.integers(1, 3)), c=draw(st.integers(1, 3)),
+                h=max(1, kh - 2 * ph) + draw(st.integers(0, 4)), w=draw(st.integers(1, 7)),
+                kh=kh, kw=kw, ph=ph, pw=(kw - 1) // 2)
+
+
+@given(_same_width_case(), seeds, dtypes)
+def test_shift_moves_give_the_padded_moves_bytes(case, seed, dtype):
+    """With stride 1, no dilation and OW = W the default path moves columns as shifted copies
+    of whole input planes (kernels/conv.py, the shift moves). Their columns and their input
+    gradient are byte for byte those of pad + im2col and col2im + unpad, in all three twins:
+    special inputs are copied with their bits, and the sums take the same terms in the same
+    order (the cotangent holds ±0 and ±inf, so sums meet −0 terms and make NaNs)."""
+    n, c, h, wd = case["n"], case["c"], case["h"], case["w"]
+    kh, kw, ph, pw = case["kh"], case["kw"], case["ph"], case["pw"]
+    oh = h + 2 * ph - kh + 1
+    assert K._shifts((n, c, h, wd), (1, 1), (1, 1), wd)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, wd)).astype(dtype)
+    pick = rng.random(x.shape) < 0.3
+    x[pick] = np.array(_SPECIALS, dtype=dtype)[rng.integers(0, len(_SPECIALS), pick.sum())]
+    dcols = rng.standard_normal((c * kh * kw, n * oh * wd)).astype(dtype)
+    finite_specials = np.array([0.0, -0.0, np.inf, -np.inf, 1e-40, -1e-40], dtype=dtype)
+    pick = rng.random(dcols.shape) < 0.3
+    dcols[pick] = finite_specials[rng.integers(0, len(finite_specials), pick.sum())]
+    m = K._MOVES
+    xp = m["pad"]["naive"](x, ph, pw, np.empty((n, c, h + 2 * ph, wd + 2 * pw), dtype))
+    want_cols = m["im2col"]["naive"](xp, kh, kw, 1, 1, 1, 1, oh, wd,
+                                     np.empty(dcols.shape, dtype)).tobytes()
+    with np.errstate(invalid="ignore"):  # inf + -inf
+        dxp = m["col2im"]["naive"](dcols, kh, kw, 1, 1, 1, 1, oh, wd, np.empty_like(xp))
+    want_dx = m["unpad"]["naive"](dxp, ph, pw, np.empty_like(x)).tobytes()
+    valid = K._shift_valid(kw, pw, wd, oh * wd)
+    for impl in ("naive", "np", "jit"):
+        cols = m["im2col_shift"][impl](x, kh, kw, ph, pw, valid, dtype(0),
+                                       np.full(dcols.shape, 7, dtype))
+        with np.errstate(invalid="ignore"):
+            dx = m["col2im_shift"][impl](dcols, kh, kw, ph, pw, valid, dtype(0),
+                                         np.full(x.shape, 7, dtype))
+        assert cols.tobytes() == want_cols, impl
+        assert dx.tobytes() == want_dx, impl
+
+
 @given(conv_case(), seeds, dtypes, st.sampled_from([0.0, 0.1, 0.5, 1.0]))
 def test_masked_kernels_agree_with_dense_on_masked_weight(cfg, seed, dtype, density):
     x, w, mask, g = _arrays(cfg, seed, dtype, density)
