@@ -299,7 +299,12 @@ MUTANTS: tuple[Mutant, ...] = (
        "any byte order)\n            m |= np.uint64(bits[8 * w + q]) << np.uint64(7 * q)",
        T + "test_cache_formats.py", T + "test_sap.py"),
     _m("conv4-gather-pack-loses-high-flags", "CONV-4", "gather packs only 4 flags per word",
-       KC, "            w |= w >> s28\n", "            pass\n", T + "test_cache_formats.py"),
+       KC, "pack = np.uint64(0x0102040810204080)", "pack = np.uint64(0x0102040800000000)",
+       T + "test_cache_formats.py"),
+    _m("sap2-gather-drops-entries-above", "SAP-2", "the keep mask loses the entries above the "
+       "threshold's bracket", KC,
+       "bits[g + j] = np.uint8((((w >> one) & ones) * pack) >> s56)", "bits[g + j] = 0",
+       T + "test_cache_formats.py"),
     _m("cache1-index-dtype-off-by-one", "CACHE-1", "index width must hold numel, not numel − 1",
        SAP, "if numel - 1 <= np.iinfo(dt).max:", "if numel <= np.iinfo(dt).max:",
        T + "test_cache_formats.py"),

@@ -32,9 +32,11 @@ Selection in linear time, without sorting:
   sizes; about 16384 entries) gives the bins that hold the threshold's rank with a margin of
   four standard deviations; when the counts show
   that t is not inside (data the sample does not represent), the exact top-11-bit histogram of
-  every entry gives the bin instead. Either way the kept set is exact. A last pass writes the
-  keep mask: |x| >= t up to ``last``, |x| > t after it. Scratch: numel bytes of flags, 8 bytes
-  per candidate and a 128 KiB (sample) or 16 KiB histogram.
+  every entry gives the bin instead. Either way the kept set is exact. The keep mask comes out
+  of the same passes: the scan also flags the entries above hi (all kept), the gather packs
+  those flags into the mask, and the resolve sets the kept candidates' bits. Only when t = 0
+  does a last pass over x write it (|x| >= t up to ``last``, |x| > t after it). Scratch: numel
+  bytes of flags, 8 bytes per candidate and a 128 KiB (sample) or 16 KiB histogram.
 - ``np``: ``np.partition`` for t, then |x| > t plus the first ties from ``flatnonzero``.
 
 Every kernel is a plain loop function (the C-shaped oracle, run interpreted as ``naive``)
@@ -102,7 +104,7 @@ def _find_bin_naive(hist, k, start):
 
 def _scan_naive(u, abs_mask, lo, hi, flags):
     """One pass, no branch: flags[i] = 1 for the NONZERO entries with |x| pattern in [lo, hi]
-    (the candidates), else 0. Returns (entries above hi, exact zeros, candidates, the largest
+    (the candidates), 2 for the entries above hi (all kept), else 0. Returns (entries above hi, exact zeros, candidates, the largest
     |x| pattern). Every value is cast back to its narrow type (Numba computes on int32 in int64,
     which halves a vector's lanes): the counts are int32 within blocks of _SCAN_BLOCK entries,
     summed in int64 (reference layer: 54 -> 24 µs)."""
@@ -123,39 +125,44 @@ def _scan_naive(u, abs_mask, lo, hi, flags):
         for i in range(ub.shape[0]):
             a = u.dtype.type(ub[i] & mask)
             top = u.dtype.type(max(top, a))
-            above_b = np.int32(above_b + np.int32(a > hi_))
+            abv = np.int32(a > hi_)
+            above_b = np.int32(above_b + abv)
             zeros_b = np.int32(zeros_b + np.int32(a == 0))
-            f = np.uint8((a >= lo_) & (a <= hi_) & (a != 0))
-            m_b = np.int32(m_b + np.int32(f))
-            fb[i] = f
+            f = np.int32((a >= lo_) & (a <= hi_) & (a != 0))
+            m_b = np.int32(m_b + f)
+            fb[i] = np.uint8(np.int32(f + np.int32(abv + abv)))
         above += np.int64(above_b)
         zeros += np.int64(zeros_b)
         m += np.int64(m_b)
     return above, zeros, m, np.int64(top)
 
 
-def _gather_naive(flags, words, cand):
-    """cand (m,) = the flagged indices (flags: 0/1 bytes), ascending. ``words`` views the flags
-    8 bytes at a time as little-endian uint64 (byte q of word w is flags[8w + q]). Three shifts
-    pack a word's eight 0/1 bytes into its low 8 bits; eight words make one 64-entry mask whose
-    set bits are walked with trailing_zeros, so the pass costs per 64 entries plus per
-    candidate, with one unpredictable branch per mask (testing every word for zero, as before,
-    took 30 against 16 µs on the reference layer). Returns how many it found (cand's length
-    when they agree)."""
+def _gather_naive(flags, words, cand, bits):
+    """cand (m,) = the candidates' indices (flag bit 0, :func:`_scan_naive`), ascending; and
+    the keep mask ``bits`` (ceil(numel/8),) of the entries above the bracket (flag bit 1), every
+    byte written, the candidates' bits 0 (:func:`_resolve_naive` sets the kept ones). So no
+    further pass over x writes the mask (it took 34 µs of the reference layer's select). ``words``
+    views the flags 8 bytes at a time as little-endian uint64 (byte q of word w is
+    flags[8w + q]). One multiply packs one bit of a word's eight bytes into its top byte (the
+    product wraps modulo 2**64, as C's unsigned arithmetic; three shifts and ors cost 4 µs
+    more): for the candidates, eight words make one 64-entry mask whose set bits are walked with
+    trailing_zeros, so the pass costs per 64 entries plus per candidate, with one unpredictable
+    branch per mask (testing every word for zero, as before, took 30 against 16 µs on the
+    reference layer); for the kept entries, each word gives one byte of the mask. Returns how
+    many candidates it found (cand's length when they agree)."""
     cap = cand.shape[0]
     one = np.uint64(1)
-    s7, s14, s28 = np.uint64(7), np.uint64(14), np.uint64(28)
-    low8 = np.uint64(255)
+    ones = np.uint64(0x0101010101010101)  # bit 0 of every byte
+    pack = np.uint64(0x0102040810204080)  # (bit 0 of byte q) * pack: bit 56 + q, no carries
+    s56 = np.uint64(56)
     c = 0
     g = 0
     while g + 8 <= words.shape[0]:
         m = np.uint64(0)
         for j in range(8):
             w = words[g + j]
-            w |= w >> s7  # byte p now holds flags 8p.. in bits 0-1, then 0-3, then 0-7
-            w |= w >> s14
-            w |= w >> s28
-            m |= (w & low8) << np.uint64(8 * j)
+            bits[g + j] = np.uint8((((w >> one) & ones) * pack) >> s56)  # the entries above
+            m |= (((w & ones) * pack) >> s56) << np.uint64(8 * j)  # the candidates
         base = 8 * g
         while m != 0:
             if c < cap:
@@ -163,24 +170,29 @@ def _gather_naive(flags, words, cand):
             c += 1
             m &= m - one
         g += 8
+    for b in range(g, bits.shape[0]):
+        bits[b] = 0
     for i in range(8 * g, flags.shape[0]):
-        if flags[i] != 0:
+        f = flags[i]
+        if f & 1:
             if c < cap:
                 cand[c] = i
             c += 1
+        bits[i // 8] |= np.uint8((f >> 1) << (i % 8))
     return c
 
 
-def _resolve_naive(u, abs_mask, shift, prefix, need, cand, hist):
+def _resolve_naive(u, abs_mask, shift, prefix, need, cand, hist, bits):
     """t, the ``need``-th largest pattern among the candidates cand (m,), which all share the
     pattern bits above bit ``shift`` (given as ``prefix``): one digit of up to 11 bits per
     round, from the top of the remaining bits down, each round over the candidates still tied
-    with t (their patterns gathered once into a contiguous list). Returns (t, the index of the
-    last entry equal to t that is kept: the ties are kept by ascending index), or (−1, −1) on
-    inconsistent arguments."""
+    with t (their patterns gathered once into a contiguous list). Then sets the bits of the
+    kept candidates in the keep mask ``bits`` (|x| > t, and the first ``need`` ties by
+    ascending index). Returns (t, the index of the last entry equal to t that is kept, how many
+    candidates it kept), or (−1, −1, −1) on inconsistent arguments."""
     m = cand.shape[0]
     if need < 1 or need > m or hist.shape[0] < 2048:
-        return np.int64(-1), np.int64(-1)
+        return np.int64(-1), np.int64(-1), np.int64(-1)
     pat = np.empty(m, dtype=np.int64)
     for j in range(m):
         pat[j] = np.int64(u[cand[j]]) & abs_mask
@@ -206,11 +218,18 @@ def _resolve_naive(u, abs_mask, shift, prefix, need, cand, hist):
         live = c
         prefix = (prefix << width) | d_t
     last = np.int64(-1)
+    kept = np.int64(0)
+    three, seven = np.uint64(3), np.uint64(7)
     for j in range(m):  # prefix is now the full pattern of t; ``need`` ties are kept
+        keep = np.int64(pat[j] > prefix)
         if need > 0 and pat[j] == prefix:
             need -= 1
             last = cand[j]
-    return prefix, last
+            keep = np.int64(1)
+        i = np.uint64(cand[j])  # unsigned: no floor-division fix-ups
+        bits[i >> three] |= np.uint8(np.uint64(keep) << (i & seven))  # no branch: half are kept
+        kept += keep
+    return prefix, last, kept
 
 
 def _nth_zero_naive(u, abs_mask, r):
@@ -459,6 +478,16 @@ def _decode_index_np(index, values, zero, out):
 _count_bits = njit(_count_bits_naive)  # what the compiled kernels call
 
 
+def _wrapping(f):
+    """``f`` run with NumPy's overflow warning off: its uint64 products wrap by design (C's
+    unsigned arithmetic; the compiled build does not warn)."""
+    def run(*args):
+        with np.errstate(over="ignore"):
+            return f(*args)
+    run.__name__, run.__doc__ = f.__name__, f.__doc__
+    return run
+
+
 def _interpreted(f):
     """``f`` calling the loop function of :func:`_count_bits_naive` (no compiled code)."""
     return rebind(f, _count_bits=_count_bits_naive)
@@ -469,7 +498,7 @@ _KERNELS = {
     "histogram": {"naive": _histogram_naive, "jit": njit(_histogram_naive)},
     "find_bin": {"naive": _find_bin_naive, "jit": njit(_find_bin_naive)},
     "scan": {"naive": _scan_naive, "jit": njit(_scan_naive)},
-    "gather": {"naive": _gather_naive, "jit": njit(_gather_naive)},
+    "gather": {"naive": _wrapping(_gather_naive), "jit": njit(_gather_naive)},
     "resolve": {"naive": _resolve_naive, "jit": njit(_resolve_naive)},
     "nth_zero": {"naive": _nth_zero_naive, "jit": njit(_nth_zero_naive)},
     "select_bits": {"naive": _select_bits_naive, "jit": njit(_select_bits_naive)},
@@ -497,11 +526,13 @@ def _check(name: str, got: int, expected: int) -> None:
         )
 
 
-def _bracketed(u, abs_mask, k, lo, hi, shift, prefix, hist, impl):
-    """The threshold when it lies in [lo, hi]: (t, last) (see :func:`_resolve_naive`), None when
-    it does not (a sample's bracket can miss), and the largest |x| pattern. Above hi lie
-    ``above`` entries, inside it m nonzero candidates, and with lo = 0 every other entry is an
-    exact zero."""
+def _bracketed(u, abs_mask, k, lo, hi, shift, prefix, hist, impl, bits):
+    """The threshold when it lies in [lo, hi]: (t, last, kept) (see :func:`_resolve_naive`),
+    None when it does not (a sample's bracket can miss), and the largest |x| pattern. Above hi
+    lie ``above`` entries, inside it m nonzero candidates, and with lo = 0 every other entry is
+    an exact zero. When t is among the candidates the gather and resolve have written the keep
+    mask into ``bits`` and ``kept`` is its count; when t = 0 ``kept`` is None (the mask is still
+    to be written)."""
     n = u.shape[0]
     flags = np.empty(n, dtype=np.uint8)
     above, zeros, m, top = _kernel("scan", impl)(u, abs_mask, lo, hi, flags)
@@ -512,15 +543,17 @@ def _bracketed(u, abs_mask, k, lo, hi, shift, prefix, hist, impl):
         words = flags[:8 * (n // 8)].view(np.uint64)
         if sys.byteorder != "little":  # the kernel reads byte q of a word as entry 8w + q
             words = words.byteswap()
-        got = _kernel("gather", impl)(flags, words, cand)
+        got = _kernel("gather", impl)(flags, words, cand, bits)
         _check("keep_bits", got, m)
         common = (int(lo) ^ int(hi)).bit_length()  # candidates share the pattern bits above
         if common < shift:
             shift, prefix = common, int(lo) >> common
-        return _kernel("resolve", impl)(u, abs_mask, shift, prefix, k - above, cand, hist), top
+        t, last, kept = _kernel("resolve", impl)(u, abs_mask, shift, prefix, k - above, cand,
+                                                 hist, bits)
+        return (t, last, above + kept if kept >= 0 else -1), top
     if lo == 0 and k <= above + m + zeros:  # t = 0 (a ReLU output): every nonzero entry, then
         # the first zeros
-        return (0, _kernel("nth_zero", impl)(u, abs_mask, k - above - m)), top
+        return (0, _kernel("nth_zero", impl)(u, abs_mask, k - above - m), None), top
     return None, top
 
 
@@ -540,6 +573,13 @@ def threshold(x, k: int, impl: str = "jit") -> tuple[int, int]:
     bit pattern of the k-th largest |x|, ``last`` the index of the last entry equal to t that
     is kept (CONV-4: ties by ascending index). The kept set is |x| > t, plus |x| == t at
     indices <= last. Raises ValueError naming the first non-finite entry."""
+    t, last, _ = _threshold(x, k, impl, np.empty((x.shape[0] + 7) // 8, dtype=np.uint8))
+    return t, last
+
+
+def _threshold(x, k, impl, bits):
+    """:func:`threshold`'s (t, last) and the count of the keep mask it wrote into ``bits``, or
+    None when it wrote none (t = 0: :func:`_bracketed`)."""
     n = x.shape[0]
     view, abs_mask, inf_bits = _BITS[x.dtype.itemsize]
     u = x.view(view)
@@ -556,11 +596,11 @@ def threshold(x, k: int, impl: str = "jit") -> tuple[int, int]:
             ((_kernel("find_bin", impl)(hist, rank - margin, start)[0] + 1) << shift) - 1
         lo = 0 if rank + margin > ns else \
             _kernel("find_bin", impl)(hist, rank + margin, start)[0] << shift
-        hit, top = _bracketed(u, abs_mask, k, lo, hi, width, 0, hist, impl)
+        hit, top = _bracketed(u, abs_mask, k, lo, hi, width, 0, hist, impl, bits)
         if top >= inf_bits:
             raise _non_finite(x)
         if hit is not None:
-            return int(hit[0]), int(hit[1])
+            return int(hit[0]), int(hit[1]), hit[2]
     shift = width - _DIGIT
     hist = np.empty(1 << _DIGIT, dtype=np.int64)
     top = _kernel("histogram", impl)(u, abs_mask, shift, hist)
@@ -568,10 +608,10 @@ def threshold(x, k: int, impl: str = "jit") -> tuple[int, int]:
         raise _non_finite(x)
     tb, _ = _kernel("find_bin", impl)(hist, k, top >> shift)
     hit, _ = _bracketed(u, abs_mask, k, tb << shift, ((tb + 1) << shift) - 1, shift, tb, hist,
-                        impl)
+                        impl, bits)
     if hit is None or hit[1] < 0:  # the exact bin always holds the k-th largest
         raise ValueError("sap select: the radix select lost its threshold (a kernel bug)")
-    return int(hit[0]), int(hit[1])
+    return int(hit[0]), int(hit[1]), hit[2]
 
 
 def _non_finite(x):
@@ -594,10 +634,11 @@ def keep_bits(x, k: int, impl: str = "jit") -> np.ndarray:
         if bits is None:
             raise _non_finite(x)
     else:
-        t, last = threshold(x, k, impl)
         bits = np.empty((x.shape[0] + 7) // 8, dtype=np.uint8)
-        view, abs_mask, _ = _BITS[x.dtype.itemsize]
-        got = _kernel("select_bits", impl)(x.view(view), abs_mask, t, last, bits)
+        t, last, got = _threshold(x, k, impl, bits)
+        if got is None:  # t = 0: one more pass writes the mask
+            view, abs_mask, _ = _BITS[x.dtype.itemsize]
+            got = _kernel("select_bits", impl)(x.view(view), abs_mask, t, last, bits)
     _check("keep_bits", got, k)
     return bits
 
