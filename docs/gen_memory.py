@@ -147,8 +147,9 @@ more than the lean plan:
   (built once per mask change, for speed);
 - the dense convolution is im2col + BLAS: the column matrix (C·KH·KW × N·OH·OW) and a
   channel-major copy of the output or cotangent exist during a conv's event (the columns come
-  straight from the input when the stride is 1 and the output as wide as the input, else
-  through a zero-padded copy); the padded input of the stride-1 masked kernels is a copy;
+  straight from the input with stride 1, no dilation and an output as wide as the input, else
+  through a zero-padded copy when there is padding); the padded input of the stride-1 masked
+  kernels is a copy;
 - the SAP selection uses 11- and 14-bit digits (a 16 or 128 KiB int64 histogram), one flag
   byte per entry and a candidate list for speed, and NumPy temporaries (the ReLU mask before
   packing, `|x|`) exist briefly;

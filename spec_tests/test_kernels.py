@@ -134,13 +134,26 @@ def test_shift_moves_give_the_padded_moves_bytes(case, seed, dtype):
     want_dx = m["unpad"]["naive"](dxp, ph, pw, np.empty_like(x)).tobytes()
     valid = K._shift_valid(kw, pw, wd, oh * wd)
     for impl in ("naive", "np", "jit"):
-        cols = m["im2col_shift"][impl](x, kh, kw, ph, pw, valid, dtype(0),
+        cols = m["im2col_shift"][impl](x, kh, kw, ph, pw, oh * wd, valid, dtype(0),
                                        np.full(dcols.shape, 7, dtype))
         with np.errstate(invalid="ignore"):
-            dx = m["col2im_shift"][impl](dcols, kh, kw, ph, pw, valid, dtype(0),
+            dx = m["col2im_shift"][impl](dcols, kh, kw, ph, pw, oh * wd, valid, dtype(0),
                                          np.full(x.shape, 7, dtype))
         assert cols.tobytes() == want_cols, impl
         assert dx.tobytes() == want_dx, impl
+
+
+@pytest.mark.parametrize("impl", K.IMPLS)
+def test_dense_gradients_of_an_empty_batch(impl):
+    """N = 0 (the shift moves take the batch's column count from the geometry, not from a
+    division by N): an empty input gradient and a zero weight gradient."""
+    x = np.zeros((0, 2, 5, 5), np.float32)
+    w = np.ones((3, 2, 3, 3), np.float32)
+    g = np.zeros((0, 3, 5, 5), np.float32)
+    geom = ((1, 1), (1, 1), (1, 1), 1)
+    assert K.conv2d_grad_input(g, w, x.shape, *geom, impl=impl).shape == x.shape
+    dw = K.conv2d_grad_weight(x, g, w.shape, *geom, impl=impl)
+    assert dw.shape == w.shape and not dw.any()
 
 
 @given(conv_case(), seeds, dtypes, st.sampled_from([0.0, 0.1, 0.5, 1.0]))

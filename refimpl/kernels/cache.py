@@ -55,7 +55,7 @@ import sys
 
 import numpy as np
 
-from ..core._jit import njit, popcount, trailing_zeros
+from ..core._jit import JIT_ENABLED, njit, popcount, trailing_zeros
 from . import pick, rebind
 
 __all__ = ["IMPLS", "keep_bits", "unpack", "masked_copy", "compact", "decode_bitmap",
@@ -499,10 +499,12 @@ _KERNELS = {
     "histogram": {"naive": _histogram_naive, "jit": njit(_histogram_naive)},
     "find_bin": {"naive": _find_bin_naive, "jit": njit(_find_bin_naive)},
     "scan": {"naive": _scan_naive, "jit": njit(_scan_naive)},
-    "gather": {"naive": _wrapping(_gather_naive), "jit": njit(_gather_naive)},
+    "gather": {"naive": _wrapping(_gather_naive),
+               "jit": njit(_gather_naive) if JIT_ENABLED else _wrapping(_gather_naive)},
     "resolve": {"naive": _resolve_naive, "jit": njit(_resolve_naive)},
     "nth_zero": {"naive": _nth_zero_naive, "jit": njit(_nth_zero_naive)},
     "select_bits": {"naive": _select_bits_naive, "jit": njit(_select_bits_naive)},
+    "count_bits": {"naive": _count_bits_naive, "jit": _count_bits},
     "masked_copy": {"naive": _masked_copy_naive, "np": _masked_copy_np,
                     "jit": njit(_masked_copy_naive)},
     "compact": {"naive": _interpreted(_compact_naive), "np": _compact_np,
@@ -532,8 +534,8 @@ def _bracketed(u, abs_mask, k, lo, hi, shift, prefix, hist, impl, bits):
     None when it does not (a sample's bracket can miss), and the largest |x| pattern. Above hi
     lie ``above`` entries, inside it m nonzero candidates, and with lo = 0 every other entry is
     an exact zero. When t is among the candidates the gather and resolve have written the keep
-    mask into ``bits`` and ``kept`` is its count; when t = 0 ``kept`` is None (the mask is still
-    to be written)."""
+    mask into ``bits`` and ``kept`` is the count they meant to keep (``keep_bits`` counts the
+    mask's bits against k); when t = 0 ``kept`` is None (the mask is still to be written)."""
     n = u.shape[0]
     flags = np.empty(n, dtype=np.uint8)
     above, zeros, m, top = _kernel("scan", impl)(u, abs_mask, lo, hi, flags)
@@ -579,8 +581,8 @@ def threshold(x, k: int, impl: str = "jit") -> tuple[int, int]:
 
 
 def _threshold(x, k, impl, bits):
-    """:func:`threshold`'s (t, last) and the count of the keep mask it wrote into ``bits``, or
-    None when it wrote none (t = 0: :func:`_bracketed`)."""
+    """:func:`threshold`'s (t, last) and the count it meant to keep in the keep mask it wrote
+    into ``bits``, or None when it wrote none (t = 0: :func:`_bracketed`)."""
     n = x.shape[0]
     view, abs_mask, inf_bits = _BITS[x.dtype.itemsize]
     u = x.view(view)
@@ -637,9 +639,11 @@ def keep_bits(x, k: int, impl: str = "jit") -> np.ndarray:
     else:
         bits = np.empty((x.shape[0] + 7) // 8, dtype=np.uint8)
         t, last, got = _threshold(x, k, impl, bits)
-        if got is None:  # t = 0: one more pass writes the mask
+        if got is None:  # t = 0: one more pass writes the mask (and counts its bits)
             view, abs_mask, _ = _BITS[x.dtype.itemsize]
             got = _kernel("select_bits", impl)(x.view(view), abs_mask, t, last, bits)
+        elif got == k:  # the mask the gather and resolve wrote: its bits counted (3 µs)
+            got = _kernel("count_bits", impl)(bits, x.shape[0])
     _check("keep_bits", got, k)
     return bits
 

@@ -325,14 +325,14 @@ def _to_channel_major_naive(g, out):
 # Measured on the reference layer (N=32, 16 ch, 16x16, 3x3, pad 1): im2col 0.17 ms against
 # 0.31 ms for pad + im2col; col2im 0.17 ms against 0.30 ms for col2im + unpad. The bytes are the
 # padded moves' (test_kernels: the shift moves against pad + im2col and col2im + unpad).
-def _im2col_shift_naive(x, kh, kw, ph, pw, valid, zero, cols):
+def _im2col_shift_naive(x, kh, kw, ph, pw, length, valid, zero, cols):
     """cols[(c, i, j), n·L + k] = x[n, c] (flattened) at k + s, s = (i − ph)·W + (j − pw), and
     ``zero`` where that entry lies in the padding (the shift comment above); x (N, C, H, W)
-    contiguous, cols (C·KH·KW, N·L) with L = OH·W, overwritten; ``valid`` (KW, L) uint8."""
+    contiguous, ``length`` L = OH·W, cols (C·KH·KW, N·L) overwritten; ``valid`` (KW, L)
+    uint8."""
     n_batch, c_in, h, w = x.shape
     hw = h * w
     total = cols.shape[1]
-    length = total // n_batch
     xf = x.reshape(-1)
     cf = cols.reshape(-1)
     for n in prange(n_batch):
@@ -361,17 +361,17 @@ def _im2col_shift_naive(x, kh, kw, ph, pw, valid, zero, cols):
     return cols
 
 
-def _col2im_shift_naive(dcols, kh, kw, ph, pw, valid, zero, dx):
+def _col2im_shift_naive(dcols, kh, kw, ph, pw, length, valid, zero, dx):
     """Adjoint of :func:`_im2col_shift_naive`: dx[n, c] (flattened) at k + s accumulates
     dcols[(c, i, j), n·L + k] for every offset (i, j), row-major, whose entry k is not padding;
     dx (N, C, H, W) contiguous, overwritten. The padded col2im's sums exactly: each entry of dx
     starts at +0 and takes its terms in the same order; where the padded version adds nothing
     this adds ``zero`` (+0), which leaves every sum as it is (a sum started at +0 is never −0
-    when rounding to nearest, and a NaN plus 0 is that NaN)."""
+    when rounding to nearest, and a NaN plus 0 is that NaN; with the CPU's default floating
+    point mode: flushing subnormals to zero could make a −0). ``length`` L = OH·W."""
     n_batch, c_in, h, w = dx.shape
     hw = h * w
     total = dcols.shape[1]
-    length = total // n_batch
     dxf = dx.reshape(-1)
     dcf = dcols.reshape(-1)
     for c in prange(c_in):
@@ -446,18 +446,18 @@ def _to_channel_major_np(g, out):
     return out
 
 
-def _im2col_shift_np(x, kh, kw, ph, pw, valid, zero, cols):
+def _im2col_shift_np(x, kh, kw, ph, pw, length, valid, zero, cols):
     """The padded moves: np.pad, then the strided copy."""
-    n, c, h, w = x.shape
+    w = x.shape[3]
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    return _im2col_np(xp, kh, kw, 1, 1, 1, 1, cols.shape[1] // (n * w), w, cols)
+    return _im2col_np(xp, kh, kw, 1, 1, 1, 1, length // w, w, cols)
 
 
-def _col2im_shift_np(dcols, kh, kw, ph, pw, valid, zero, dx):
+def _col2im_shift_np(dcols, kh, kw, ph, pw, length, valid, zero, dx):
     """The padded moves: strided adds into a padded scratch, then its middle."""
     n, c, h, w = dx.shape
     dxp = np.empty((n, c, h + 2 * ph, w + 2 * pw), dtype=dx.dtype)
-    _col2im_np(dcols, kh, kw, 1, 1, 1, 1, dcols.shape[1] // (n * w), w, dxp)
+    _col2im_np(dcols, kh, kw, 1, 1, 1, 1, length // w, w, dxp)
     return _unpad_np(dxp, ph, pw, dx)
 
 
@@ -494,7 +494,7 @@ def _im2col(x, kh, kw, stride, padding, dilation, oh, ow):
     n, c = x.shape[:2]
     cols = np.empty((c * kh * kw, n * oh * ow), dtype=x.dtype)
     if _shifts(x.shape, stride, dilation, ow):
-        return _move("im2col_shift")(x, kh, kw, padding[0], padding[1],
+        return _move("im2col_shift")(x, kh, kw, padding[0], padding[1], oh * ow,
                                      _shift_valid(kw, padding[1], ow, oh * ow), x.dtype.type(0),
                                      cols)
     return _move("im2col")(_padded(x, padding), kh, kw, stride[0], stride[1], dilation[0],
@@ -506,8 +506,8 @@ def _col2im(dcols, dx, kh, kw, stride, padding, dilation, oh, ow):
     padded scratch when there is padding."""
     (ph, pw), (n, c, h, w) = padding, dx.shape
     if _shifts(dx.shape, stride, dilation, ow):
-        return _move("col2im_shift")(dcols, kh, kw, ph, pw, _shift_valid(kw, pw, ow, oh * ow),
-                                     dx.dtype.type(0), dx)
+        return _move("col2im_shift")(dcols, kh, kw, ph, pw, oh * ow,
+                                     _shift_valid(kw, pw, ow, oh * ow), dx.dtype.type(0), dx)
     if not (ph or pw):
         return _move("col2im")(dcols, kh, kw, stride[0], stride[1], dilation[0], dilation[1], oh,
                                ow, dx)
