@@ -571,18 +571,13 @@ def _sample_step(n: int) -> int:
     return step
 
 
-def threshold(x, k: int, impl: str = "jit") -> tuple[int, int]:
-    """(t, last) for the k largest |x| of a flat float array x (numel,), 1 <= k < numel: t the
-    bit pattern of the k-th largest |x|, ``last`` the index of the last entry equal to t that
-    is kept (CONV-4: ties by ascending index). The kept set is |x| > t, plus |x| == t at
-    indices <= last. Raises ValueError naming the first non-finite entry."""
-    t, last, _ = _threshold(x, k, impl, np.empty((x.shape[0] + 7) // 8, dtype=np.uint8))
-    return t, last
-
-
 def _threshold(x, k, impl, bits):
-    """:func:`threshold`'s (t, last) and the count it meant to keep in the keep mask it wrote
-    into ``bits``, or None when it wrote none (t = 0: :func:`_bracketed`)."""
+    """(t, last, kept) for the k largest |x| of a flat float array x (numel,), 1 <= k < numel:
+    t the bit pattern of the k-th largest |x|, ``last`` the index of the last entry equal to t
+    that is kept (CONV-4: ties by ascending index); the kept set is |x| > t, plus |x| == t at
+    indices <= last. ``kept``: the count meant to be kept in the keep mask written into
+    ``bits``, or None when none was written (t = 0: :func:`_bracketed`). Raises ValueError
+    naming the first non-finite entry."""
     n = x.shape[0]
     view, abs_mask, inf_bits = _BITS[x.dtype.itemsize]
     u = x.view(view)
